@@ -1,0 +1,29 @@
+"""plural: pluralistic and personalized preference modeling.
+
+Example:
+    >>> import plural
+    >>> data = plural.load("ukpconvarg1")                      # doctest: +SKIP
+    >>> model = plural.make_model("bradley_terry").fit(data)   # doctest: +SKIP
+"""
+
+from plural.batch import comparison_batch
+from plural.checkpoint import load_model, save_model
+from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas, from_rankings,
+                         from_ratings, from_trl, from_votes, load, make_episodes, split_comparisons,
+                         split_users)
+from plural.encoders import FeatureEncoder, TextEncoder, encode_items
+from plural.evaluation import evaluate, predict_proba
+from plural.model import (ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
+                          make_model, register_model)
+from plural.scoring import score_items
+from plural.training import fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FeatureEncoder", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
+    "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "fit", "from_file",
+    "from_hf_dataset", "from_pandas", "from_rankings", "from_ratings", "from_trl", "from_votes", "load",
+    "load_model", "make_episodes", "make_model", "predict_proba", "register_model", "save_model",
+    "score_items", "split_comparisons", "split_users",
+]

@@ -1,0 +1,451 @@
+"""Converters from common preference formats to :class:`~plural.data.container.PreferenceData`.
+
+One function per shape of raw data: :func:`from_pandas` (one comparison a row), :func:`from_trl`
+(``prompt`` / ``chosen`` / ``rejected``), :func:`from_ratings`, :func:`from_rankings` and
+:func:`from_votes` (agree / disagree / pass, as in Polis); :func:`from_file` and
+:func:`from_hf_dataset` read a table and dispatch to one of them. Pairs derived from ratings,
+rankings and votes are stored in a random, seeded orientation, so labels mix 1 and 0 and a model
+cannot learn that "the first item wins". Every row dropped on purpose is counted in ``meta``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from plural.data.container import PreferenceData
+
+logger = logging.getLogger(__name__)
+
+ANONYMOUS_USER = "anonymous"  # the user of every TRL row when user_id=None
+
+_READERS: dict[str, Callable[..., pd.DataFrame]] = {
+    ".csv": pd.read_csv, ".tsv": lambda path, **kw: pd.read_csv(path, **{"sep": "\t", **kw}),
+    ".jsonl": lambda path, **kw: pd.read_json(path, **{"lines": True, **kw}),
+    ".json": pd.read_json, ".parquet": pd.read_parquet,
+}
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def _frame(data: Any, name: str) -> pd.DataFrame:
+    """``data`` (DataFrame, list of dicts, or anything with ``.to_pandas()``) as a non-empty frame
+    indexed 0..n-1, so row numbers in error messages are positions."""
+    df = data.to_pandas() if hasattr(data, "to_pandas") else data
+    df = pd.DataFrame(list(df)) if isinstance(df, (list, tuple)) else df
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame, a list of dicts or an object with .to_pandas(), "
+                        f"got {type(data).__name__}")
+    if len(df) == 0:
+        raise ValueError(f"empty dataset: {name!r} has no rows")
+    return df.reset_index(drop=True)
+
+
+def _check_columns(df: pd.DataFrame, columns: list[str | None], what: str) -> None:
+    """Raise naming the first of ``columns`` (``None`` entries skipped) missing from ``df``."""
+    for col in columns:
+        if col is not None and col not in df.columns:
+            raise ValueError(f"column {col!r} not found in {what}; available columns: "
+                             f"{[str(c) for c in df.columns]}")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+
+
+def _show(value: Any) -> str:
+    """``repr`` of a cell, numpy scalars shown as Python ones (``2``, not ``np.int64(2)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _ids(df: pd.DataFrame, col: str) -> np.ndarray:
+    """Column ``col`` as an ``(n,)`` object array of strings; a missing value names its row."""
+    null = df[col].isna().to_numpy()
+    if null.any():
+        raise ValueError(f"row {int(np.flatnonzero(null)[0])}: {col!r} is missing")
+    return np.asarray(df[col].astype(str), dtype=object)
+
+
+def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
+    """Column ``col`` as ``(n,)`` float64; a missing, non-numeric or infinite cell names its row."""
+    values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise ValueError(f"row {bad[0]}: {col} {_show(df[col].iloc[bad[0]])} is missing or not "
+                         "a finite number")
+    return values
+
+
+def _contexts(df: pd.DataFrame, col: str | None) -> list | None:
+    return None if col is None else [None if _is_missing(c) else str(c) for c in df[col]]
+
+
+def _keep_last(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool mask keeping each (user, item)'s last row; rows are in time order."""
+    return ~pd.DataFrame({"u": users, "i": items}).duplicated(keep="last").to_numpy()
+
+
+def _orient(winners: np.ndarray, losers: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs in random order: ``(items_a, items_b, labels)``, label 1 where ``item_a`` won."""
+    flip = rng.random(len(winners)) < 0.5
+    return np.where(flip, losers, winners), np.where(flip, winners, losers), np.where(flip, 0., 1.)
+
+
+def _user_pairs(users: np.ndarray, items: np.ndarray, pair_space: Callable, *, cap: int | None,
+                random_state: int | None, name: str, meta: dict, **item_options) -> PreferenceData:
+    """Sample pairs within each user, orient them at random and build the data.
+
+    Args:
+        users, items: ``(n_rows,)`` user and item id of each row.
+        pair_space: given one user's rows, returns ``(n_pairs, to_rows)``, where ``to_rows`` maps
+            flat pair indices ``(k,)`` to ``(winner rows (k,), loser rows (k,))``. Only sampled
+            pairs are materialised, so a user with thousands of items costs O(cap).
+        cap: most pairs per user (uniform without replacement), or None for all.
+        meta: provenance; ``pairs_capped`` and ``users_without_pairs`` are added.
+    """
+    if cap is not None and (int(cap) != cap or cap < 1):
+        raise ValueError(f"max_pairs_per_user must be None or an integer >= 1, got {cap!r}")
+    rng = np.random.default_rng(random_state)
+    out_users, winners, losers = [np.empty(0, object)], [np.empty(0, int)], [np.empty(0, int)]
+    meta.update(pairs_capped=0, users_without_pairs=0)
+    codes, keys = pd.factorize(users, sort=True)
+    order = np.argsort(codes, kind="stable")
+    for key, rows in zip(keys, np.split(order, np.flatnonzero(np.diff(codes[order])) + 1)):
+        total, to_rows = pair_space(rows)
+        if total == 0:
+            meta["users_without_pairs"] += 1
+            continue
+        flat = np.arange(total)
+        if cap is not None and total > cap:
+            flat = np.sort(rng.choice(total, size=int(cap), replace=False))
+            meta["pairs_capped"] += total - int(cap)
+        w, l = to_rows(flat)
+        out_users.append(np.full(len(w), key, dtype=object))
+        winners.append(w)
+        losers.append(l)
+    a, b, labels = _orient(items[np.concatenate(winners)], items[np.concatenate(losers)], rng)
+    return _build(np.concatenate(out_users), a, b, labels, name=name, meta=meta, **item_options)
+
+
+def _item_table(item_table: pd.DataFrame | None, item_id: str, item_text: str,
+                used: np.ndarray) -> tuple[np.ndarray | None, list | None]:
+    """``(item ids, texts or None)`` from ``item_table``; every id in ``used`` must be in it."""
+    if item_table is None:
+        return None, None
+    _check_columns(item_table, [item_id], "item_table")
+    ids = _ids(item_table, item_id)
+    missing = pd.unique(used[~np.isin(used, ids)])
+    if len(missing):
+        raise ValueError(f"item {missing[0]!r} is compared but not in item_table "
+                         f"({len(missing)} such items)")
+    if item_text not in item_table.columns:
+        return ids, None
+    return ids, [None if _is_missing(t) else str(t) for t in item_table[item_text]]
+
+
+def _build(users, items_a, items_b, labels, *, name: str, meta: dict, item_table=None,
+           item_id: str = "item_id", item_text: str = "text", **records) -> PreferenceData:
+    """Attach the item table, construct (the container validates every row) and log."""
+    if len(users) == 0:
+        raise ValueError(f"empty dataset: {name!r} yields no comparisons ({meta})")
+    used = np.concatenate([np.asarray(items_a, object), np.asarray(items_b, object)])
+    ids, text = _item_table(item_table, item_id, item_text, used)
+    data = PreferenceData.from_records(users, items_a, items_b, labels, item_ids=ids,
+                                       item_text=text, name=name, meta=meta, **records)
+    logger.info("%s: %d comparisons from %d users over %d items%s", name, len(data),
+                data.n_users, data.n_items, f"; {meta}" if meta else "")
+    return data
+
+
+# ---------------------------------------------------------------------------- converters
+def from_pandas(df: pd.DataFrame, *, user: str = "user_id", item_a: str = "item_a",
+                item_b: str = "item_b", label: str = "label", weight: str | None = None,
+                context: str | None = None, item_table: pd.DataFrame | None = None,
+                item_id: str = "item_id", item_text: str = "text",
+                name: str = "pandas") -> PreferenceData:
+    """Comparisons given one per row.
+
+    Args:
+        df: ``(n, ...)`` frame; ``label`` is numeric: 1 = ``item_a`` preferred, 0 = ``item_b``,
+            0.5 = tie.
+        user, item_a, item_b, label: column names.
+        weight: optional column of non-negative weights.
+        context: optional column of context ids (missing values mean no context).
+        item_table: optional frame with an ``item_id`` column and optionally an ``item_text``
+            column; without it the items are those compared, without text.
+        name: the dataset's name.
+
+    Example:
+        >>> df = pd.DataFrame({"user_id": ["u"], "item_a": ["x"], "item_b": ["y"], "label": [1]})
+        >>> from_pandas(df).n_comparisons
+        1
+    """
+    df = _frame(df, name)
+    _check_columns(df, [user, item_a, item_b, label, weight, context], "data")
+    return _build(_ids(df, user), _ids(df, item_a), _ids(df, item_b), _numbers(df, label),
+                  weights=None if weight is None else _numbers(df, weight),
+                  contexts=_contexts(df, context), item_table=item_table, item_id=item_id,
+                  item_text=item_text, name=name, meta={})
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _as_text(value: Any, row: int, col: str) -> str:
+    """A TRL cell as text: a string, or a conversational list of ``{"role", "content"}`` messages
+    rendered one ``role: content`` line each."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)) and all(
+            isinstance(m, dict) and "content" in m for m in value):
+        return "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in value)
+    raise ValueError(f"row {row}: {col} must be text or a list of chat messages, got {value!r}")
+
+
+def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
+             rejected: str = "rejected", user_id: str | None = "user_id", margin: str | None = None,
+             name: str = "trl") -> PreferenceData:
+    """Rows in TRL's preference format: ``chosen`` is ``item_a``, ``rejected`` ``item_b``, label 1.
+
+    Item ids are the first 16 hex digits of the SHA-1 of the text, so identical texts are one item
+    and ``item_text`` holds the text; the prompt likewise becomes the comparison's context.
+
+    Args:
+        rows: a DataFrame, a list of dicts, or anything with ``.to_pandas()`` (a Dataset).
+        prompt: prompt column; if absent from the rows, comparisons have no context.
+        chosen, rejected: columns of text (or conversational lists of messages).
+        user_id: user column; ``None`` attributes every row to the user ``"anonymous"``.
+        margin: optional column of non-negative margins, used as weights.
+        name: the dataset's name.
+    """
+    df = _frame(rows, name)
+    _check_columns(df, [chosen, rejected, user_id, margin], "TRL rows")
+    good = [_as_text(v, r, chosen) for r, v in enumerate(df[chosen])]
+    bad = [_as_text(v, r, rejected) for r, v in enumerate(df[rejected])]
+    same = next((r for r, (g, b) in enumerate(zip(good, bad)) if g == b), None)
+    if same is not None:
+        raise ValueError(f"row {same}: chosen and rejected are the same text, so the item is "
+                         "compared with itself")
+    table = {_text_hash(t): t for t in good + bad}
+    users = [ANONYMOUS_USER] * len(df) if user_id is None else _ids(df, user_id)
+    records: dict = {"weights": None if margin is None else _numbers(df, margin)}
+    if margin is not None and (records["weights"] < 0).any():
+        row = int(np.flatnonzero(records["weights"] < 0)[0])
+        raise ValueError(f"row {row}: margin {_show(records['weights'][row])} must be >= 0")
+    if prompt is not None and prompt in df.columns:
+        texts = [None if _is_missing(v) else _as_text(v, r, prompt)
+                 for r, v in enumerate(df[prompt])]
+        contexts = {_text_hash(t): t for t in texts if t is not None}
+        records.update(contexts=[None if t is None else _text_hash(t) for t in texts],
+                       context_ids=list(contexts), context_text=list(contexts.values()))
+    else:
+        logger.info("%s: no %r column, comparisons have no context", name, prompt)
+    items = pd.DataFrame({"item_id": list(table), "text": list(table.values())})
+    return _build(users, [_text_hash(t) for t in good], [_text_hash(t) for t in bad],
+                  np.ones(len(df)), item_table=items, name=name, meta={}, **records)
+
+
+def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id",
+                 rating: str = "rating", min_gap: float = 1.0, max_pairs_per_user: int | None = 500,
+                 item_table: pd.DataFrame | None = None, item_id: str = "item_id",
+                 item_text: str = "text", random_state: int | None = 0,
+                 name: str = "ratings") -> PreferenceData:
+    """Within each user, two items whose ratings differ by at least ``min_gap`` form a comparison
+    in which the higher-rated item is preferred; pairs are sampled uniformly among those that
+    qualify (never listing them all) and stored in a random orientation.
+
+    Args:
+        df: ``(n_ratings, ...)`` frame, rows in time order; a repeated (user, item) keeps the last.
+        user, item, rating: column names.
+        min_gap: smallest rating difference that makes a comparison; > 0.
+        max_pairs_per_user: most comparisons per user, or None for all.
+        item_table, item_id, item_text, name: as in :func:`from_pandas`.
+        random_state: seed for sampling and orientation.
+
+    Returns:
+        The comparisons; ``meta`` holds ``dropped_duplicate_ratings``, ``pairs_capped`` and
+        ``users_without_pairs``.
+    """
+    if not min_gap > 0:
+        raise ValueError(f"min_gap must be > 0, got {min_gap!r}")
+    df = _frame(df, name)
+    _check_columns(df, [user, item, rating], "ratings")
+    users, items, ratings = _ids(df, user), _ids(df, item), _numbers(df, rating)
+    keep = _keep_last(users, items)
+    users, items, ratings = users[keep], items[keep], ratings[keep]
+    threshold = min_gap * (1 - 1e-9)  # tolerate float error: 3.3 - 2.3 counts as a gap of 1
+
+    def pair_space(rows):
+        rows = rows[np.argsort(ratings[rows], kind="stable")]
+        r = ratings[rows]
+        start = np.searchsorted(r, r + threshold, side="left")  # first item beating rows[i]
+        count = len(r) - start
+        ends = np.cumsum(count)
+
+        def to_rows(flat):
+            lo = np.searchsorted(ends, flat, side="right")
+            return rows[start[lo] + flat - (ends[lo] - count[lo])], rows[lo]
+        return int(ends[-1]), to_rows
+
+    return _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
+                       name=name, meta={"dropped_duplicate_ratings": int((~keep).sum())},
+                       item_table=item_table, item_id=item_id, item_text=item_text)
+
+
+def _ranking(value: Any, row: int) -> list[str]:
+    """A ranking cell as a list of item ids: a list/array, a JSON array, or ``"a,b,c"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else [
+                x.strip() for x in text.split(",") if x.strip()]
+        except ValueError as err:
+            raise ValueError(f"row {row}: ranking {text!r} is not a JSON array: {err}") from None
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise ValueError(f"row {row}: ranking must be a list of item ids, got {value!r}")
+    ids = [str(x) for x in value]
+    if len(set(ids)) < len(ids):
+        dup = next(x for k, x in enumerate(ids) if x in ids[:k])
+        raise ValueError(f"row {row}: item {dup!r} appears more than once in the ranking")
+    return ids
+
+
+def from_rankings(df: pd.DataFrame, *, user: str = "user_id", ranking: str = "ranking",
+                  context: str | None = None, item_table: pd.DataFrame | None = None,
+                  item_id: str = "item_id", item_text: str = "text", random_state: int | None = 0,
+                  name: str = "rankings") -> PreferenceData:
+    """Rankings, one best-first list of item ids per row; every implied pair is a comparison,
+    stored in a random orientation.
+
+    Args:
+        df: ``(n_rankings, ...)`` frame. A ranking is a list (or array) of item ids, a JSON array
+            string, or a comma-separated string; one of fewer than two items is dropped and
+            counted in ``meta["short_rankings"]``.
+        user, ranking: column names.
+        context: optional column of context ids, given to every pair of the row.
+        item_table, item_id, item_text, name: as in :func:`from_pandas`.
+        random_state: seed for the orientation.
+    """
+    df = _frame(df, name)
+    _check_columns(df, [user, ranking, context], "rankings")
+    users, contexts = _ids(df, user), _contexts(df, context)
+    pair_users, winners, losers, pair_contexts = [], [], [], []
+    short = 0
+    for row, value in enumerate(df[ranking]):
+        ids = np.asarray(_ranking(value, row), dtype=object)
+        if len(ids) < 2:
+            short += 1
+            continue
+        i, j = np.triu_indices(len(ids), 1)
+        winners.append(ids[i])
+        losers.append(ids[j])
+        pair_users += [users[row]] * len(i)
+        pair_contexts += [None if contexts is None else contexts[row]] * len(i)
+    meta = {"short_rankings": short}
+    if not winners:
+        raise ValueError(f"empty dataset: {name!r} has no ranking of two or more items ({meta})")
+    a, b, labels = _orient(np.concatenate(winners), np.concatenate(losers),
+                           np.random.default_rng(random_state))
+    return _build(pair_users, a, b, labels, contexts=None if contexts is None else pair_contexts,
+                  item_table=item_table, item_id=item_id, item_text=item_text, name=name, meta=meta)
+
+
+def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id",
+               vote: str = "vote", group: str | None = None, max_pairs_per_user: int | None = 500,
+               item_table: pd.DataFrame | None = None, item_id: str = "item_id",
+               item_text: str = "text", random_state: int | None = 0,
+               name: str = "votes") -> PreferenceData:
+    """Agree (+1) / disagree (-1) / pass (0) votes: within a voter, every agreed item is preferred
+    over every disagreed item; pairs are sampled and oriented as in :func:`from_ratings`.
+
+    Args:
+        df: ``(n_votes, ...)`` frame, rows in time order; a voter's repeated vote on one item keeps
+            the last. Pass votes make no comparison.
+        user, item, vote: column names.
+        group: optional column (e.g. a conversation); voters are then ``f"{group}/{user}"``, so the
+            same user id in two groups is two voters.
+        max_pairs_per_user: most comparisons per voter, or None for all.
+        item_table, item_id, item_text, name: as in :func:`from_pandas`.
+        random_state: seed for sampling and orientation.
+
+    Returns:
+        The comparisons; ``meta`` holds ``dropped_duplicate_votes``, ``dropped_pass_votes``,
+        ``pairs_capped`` and ``users_without_pairs``.
+    """
+    df = _frame(df, name)
+    _check_columns(df, [user, item, vote, group], "votes")
+    users, items, votes = _ids(df, user), _ids(df, item), _numbers(df, vote)
+    bad = np.flatnonzero(~np.isin(votes, (-1.0, 0.0, 1.0)))
+    if len(bad):
+        raise ValueError(f"row {bad[0]}: vote {_show(df[vote].iloc[bad[0]])} is not one of "
+                         "-1 (disagree), 0 (pass), 1 (agree)")
+    if group is not None:
+        users = np.asarray([f"{g}/{u}" for g, u in zip(_ids(df, group), users)], dtype=object)
+    keep = _keep_last(users, items)
+    users, items, votes = users[keep], items[keep], votes[keep]
+
+    def pair_space(rows):
+        agree, disagree = rows[votes[rows] == 1], rows[votes[rows] == -1]
+        return len(agree) * len(disagree), lambda flat: (agree[flat // len(disagree)],
+                                                         disagree[flat % len(disagree)])
+
+    meta = {"dropped_duplicate_votes": int((~keep).sum()),
+            "dropped_pass_votes": int((votes == 0).sum())}
+    return _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
+                       name=name, meta=meta, item_table=item_table, item_id=item_id,
+                       item_text=item_text)
+
+
+# ---------------------------------------------------------------------------- files and hubs
+_CONVERTERS: dict[str, Callable[..., PreferenceData]] = {
+    "pairs": from_pandas, "trl": from_trl, "ratings": from_ratings, "rankings": from_rankings,
+    "votes": from_votes,
+}
+
+
+def _converter(kind: str) -> Callable[..., PreferenceData]:
+    if kind not in _CONVERTERS:
+        raise ValueError(f"kind must be one of {sorted(_CONVERTERS)}, got {kind!r}")
+    return _CONVERTERS[kind]
+
+
+def read_table(path: str | Path, **kwargs) -> pd.DataFrame:
+    """Read a table by its suffix: ``.csv``, ``.tsv``, ``.jsonl`` (one JSON object a line),
+    ``.json`` or ``.parquet``; ``kwargs`` go to the pandas reader (e.g. ``dtype=str``)."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(f"cannot read {str(path)!r}: suffix {path.suffix!r} is not one of "
+                         f"{sorted(_READERS)}")
+    return reader(path, **kwargs)
+
+
+def from_file(path: str | Path, kind: str = "pairs", **column_options) -> PreferenceData:
+    """Read ``path`` with :func:`read_table` and convert it with the ``from_*`` function for
+    ``kind`` (``"pairs"``, ``"trl"``, ``"ratings"``, ``"rankings"`` or ``"votes"``).
+
+    ``column_options`` go to that function; ``name`` defaults to the file's stem and
+    ``item_table`` may also be a path, read the same way.
+    """
+    convert = _converter(kind)
+    column_options.setdefault("name", Path(path).stem)
+    if isinstance(column_options.get("item_table"), (str, Path)):
+        column_options["item_table"] = read_table(column_options["item_table"])
+    return convert(read_table(path), **column_options)
+
+
+def from_hf_dataset(dataset: Any, kind: str = "trl", **column_options) -> PreferenceData:
+    """Convert a Hugging Face ``datasets.Dataset`` (one split) via ``dataset.to_pandas()``, then
+    the ``from_*`` function for ``kind`` as in :func:`from_file`."""
+    convert = _converter(kind)
+    if not hasattr(dataset, "to_pandas"):
+        raise TypeError(f"expected a datasets.Dataset (pick a split of a DatasetDict, e.g. "
+                        f"ds['train']), got {type(dataset).__name__}")
+    return convert(dataset.to_pandas(), **column_options)

@@ -1,0 +1,268 @@
+"""The contract every latent-user reward model implements.
+
+A model is a :class:`PreferenceModel` (a ``LightningModule``) built from a small config dataclass.
+Following scikit-learn, ``__init__`` only stores the config; the network is built by :meth:`build`
+once the data's feature dimension and vocabularies are known (``fit`` does it), and every inference
+method checks the model is fitted. Subclasses implement:
+
+- ``_build(feature_dim)``: create the layers;
+- ``pair_margin(batch)``: ``r(a) - r(b)`` for the batch's users (training and evaluation);
+- ``reward(item_features, user_state=None, item_index=None)``: scores batched over items and users;
+- ``user_states()``: the latent vectors of the users seen in training;
+- ``adapt(support, prior=None)``: a :class:`UserState` for a new user from a few comparisons.
+
+The Bradley-Terry likelihood (``plural.likelihood``) and the shared train/validation step live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, ClassVar, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from plural.likelihood import bradley_terry_nll, preference_probability
+
+logger = logging.getLogger(__name__)
+
+Batch = dict  # str -> Tensor; see plural.batch.comparison_batch for the keys
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a model is used before it was fitted or loaded."""
+
+
+@dataclasses.dataclass
+class UserState:
+    """A user's place in a model's latent space.
+
+    Attributes:
+        vector: ``(d_user,)`` latent vector (empty for models without user state).
+        covariance: optional ``(d_user, d_user)`` posterior covariance (uncertainty).
+        n_comparisons: how many comparisons the state was estimated from.
+        user_id: the user's id, where known.
+    """
+
+    vector: torch.Tensor
+    covariance: torch.Tensor | None = None
+    n_comparisons: int = 0
+    user_id: str | None = None
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields shared by every model's config; each model subclasses it."""
+
+    hidden_dim: int = 128
+    """Width of the item MLP's hidden layer."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    noise_rate: float = 0.0
+    """Assumed probability that a training label was flipped at random, in [0, 0.5)."""
+    dropout: float = 0.1
+    """Dropout in the item MLP."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.noise_rate < 0.5:
+            raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class PreferenceModel(pl.LightningModule):
+    """Base class of every reward model in plural (see the module docstring)."""
+
+    name: ClassVar[str] = "model"
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.feature_dim_: int | None = None
+        self.user_ids_: list[str] = []
+        self.item_ids_: list[str] = []
+        self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
+
+    # ------------------------------------------------------------------ building
+    def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str]) -> "PreferenceModel":
+        """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
+        in training and the items ``item_ids`` the model may learn identities for."""
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
+        self.feature_dim_ = int(feature_dim)
+        self.user_ids_ = [str(u) for u in user_ids]
+        self.item_ids_ = [str(i) for i in item_ids]
+        self._user_index = {u: i for i, u in enumerate(self.user_ids_)}
+        self._item_index = {it: i for i, it in enumerate(self.item_ids_)}
+        self._build(self.feature_dim_)
+        return self
+
+    def _build(self, feature_dim: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def is_built(self) -> bool:
+        return self.feature_dim_ is not None
+
+    def check_is_fitted(self) -> None:
+        if not self.is_built:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(data) "
+                                 "or load a saved model first")
+
+    def user_index(self, user_ids: Sequence[str]) -> torch.Tensor:
+        """Model indices of ``user_ids``; -1 for users not seen in training."""
+        return torch.tensor([self._user_index.get(str(u), -1) for u in user_ids], dtype=torch.long)
+
+    def item_index(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """Model indices of ``item_ids``; -1 for items the model has no identity for."""
+        return torch.tensor([self._item_index.get(str(i), -1) for i in item_ids], dtype=torch.long)
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.feature_dim_:
+            raise ValueError(f"{type(self).__name__} expects item features of shape (n, "
+                             f"{self.feature_dim_}), got {tuple(features.shape)}")
+
+    # ------------------------------------------------------------------ the contract
+    def pair_margin(self, batch: Batch) -> torch.Tensor:
+        """``(B,)`` reward margins ``r(a) - r(b)`` for each comparison's user."""
+        raise NotImplementedError
+
+    def reward(self, item_features: torch.Tensor, user_state: UserState | torch.Tensor | None = None,
+               item_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of items for users.
+
+        Args:
+            item_features: ``(n_items, d)`` item features.
+            user_state: a :class:`UserState` (scores ``(n_items,)``), a ``(n_users, d_user)`` tensor of
+                user vectors (scores ``(n_users, n_items)``), or None for the population reward.
+            item_index: ``(n_items,)`` model item indices (-1 for unknown items), for models with
+                learned item identities; None treats every item as new.
+        """
+        raise NotImplementedError
+
+    def user_states(self) -> torch.Tensor:
+        """``(n_users, d_user)`` latent vectors of the users seen in training, in ``user_ids_`` order."""
+        raise NotImplementedError
+
+    def population_state(self) -> UserState:
+        """The state of a user with no comparisons."""
+        raise NotImplementedError
+
+    def adapt(self, support: Batch | None, prior: UserState | None = None) -> UserState:
+        """A :class:`UserState` for a new user from the comparisons in ``support`` (a batch as made by
+        ``plural.batch.comparison_batch``); None or an empty batch gives the population state."""
+        raise NotImplementedError
+
+    def regularization(self) -> torch.Tensor:
+        """The model's own regularizers, added to the likelihood in training."""
+        return torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ likelihood and steps
+    def predict_proba(self, batch: Batch) -> torch.Tensor:
+        """``(B,)`` probability that item a is preferred, for the batch's users."""
+        self.check_is_fitted()
+        return preference_probability(self.pair_margin(batch))
+
+    def nll(self, batch: Batch) -> torch.Tensor:
+        return bradley_terry_nll(self.pair_margin(batch), batch["label"], batch.get("weight"),
+                                 noise_rate=self.config.noise_rate)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        margin = self.pair_margin(batch)
+        label = batch["label"]
+        nll = bradley_terry_nll(margin, label, batch.get("weight"), noise_rate=self.config.noise_rate)
+        loss = nll + self.regularization() if stage == "train" else nll
+        decisive = label != 0.5
+        acc = ((margin[decisive] > 0).float() == label[decisive]).float().mean()
+        size = len(label)
+        self.log(f"{stage}_loss", nll, prog_bar=stage != "train", batch_size=size, sync_dist=stage != "train")
+        if decisive.any():
+            self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=int(decisive.sum()),
+                     sync_dist=stage != "train")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.config.learning_rate,
+                                 weight_decay=self.config.weight_decay)
+
+    # ------------------------------------------------------------------ sklearn-style sugar
+    def fit(self, data, **kwargs) -> "PreferenceModel":
+        """Train on ``data`` (a ``PreferenceData``); see :func:`plural.training.fit`."""
+        from plural.training import fit
+
+        return fit(self, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- the model registry
+_REGISTRY: dict[str, type[PreferenceModel]] = {}
+ENTRY_POINT_GROUP = "plural.models"
+
+
+def register_model(cls: type[PreferenceModel]) -> type[PreferenceModel]:
+    """Class decorator: make a model findable by its ``name`` (``plural.make_model``, loading)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Load the models installed under the ``plural.models`` entry-point group (the zoo in
+    ``user_models`` registers itself there, so plural never imports a concrete model by name)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            try:
+                cls = ep.load()
+            except ImportError as err:
+                logger.warning("could not load model %r: %s", ep.name, err)
+                continue
+            _REGISTRY.setdefault(ep.name, cls)
+
+
+def available_models() -> list[str]:
+    """Names of every model that can be made."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[PreferenceModel]:
+    if name not in _REGISTRY:
+        _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}") from None
+
+
+def make_model(name: str, config: ModelConfig | None = None, **overrides: Any) -> PreferenceModel:
+    """A new, unfitted model by name, e.g. ``make_model("bradley_terry", hidden_dim=64)``."""
+    return model_class(name)(config, **overrides)
