@@ -22,13 +22,15 @@ def _quiet_lightning() -> None:
 
 def _results_table(title: str, results: dict) -> Table:
     table = Table(title=title)
-    for col in ("split", "comparisons", "users", "accuracy", "log-loss", "ECE", "worst-decile user acc"):
-        table.add_column(col, justify="right" if col != "split" else "left")
-    labels = {"seen_test": "seen users, test", "unseen_k0": "unseen users, k=0"}
+    for col in ("users", "pairs", "users≥5", "accuracy", "log-loss", "ECE", "worst 10%"):
+        table.add_column(col, justify="right" if col != "users" else "left")
+    labels = {"seen_test": "seen, test", "unseen_k0": "unseen, k=0"}
     for key, r in results.items():
         table.add_row(labels.get(key, key), str(r["n"]), str(r.get("n_users", "")),
                       f"{100 * r['accuracy']:.1f}%", f"{r['log_loss']:.3f}", f"{r['ece']:.3f}",
                       f"{100 * r.get('worst_decile_user_accuracy', float('nan')):.1f}%")
+    table.caption = ("accuracy on decisive pairs; worst 10%: mean accuracy of the worst decile of "
+                     "users with at least 5 pairs")
     return table
 
 

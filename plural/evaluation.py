@@ -58,16 +58,18 @@ def expected_calibration_error(prob: np.ndarray, label: np.ndarray, n_bins: int 
     return float(total / len(p))
 
 
-def per_user_accuracy(prob: np.ndarray, label: np.ndarray, user: np.ndarray) -> dict[int, float]:
-    """``{user: accuracy}`` over each user's decisive comparisons."""
+def per_user_accuracy(prob: np.ndarray, label: np.ndarray, user: np.ndarray,
+                      min_comparisons: int = 1) -> dict[int, float]:
+    """``{user: accuracy}`` over each user's decisive comparisons, for users with at least
+    ``min_comparisons`` of them."""
     prob, label, user = np.asarray(prob), np.asarray(label), np.asarray(user)
-    out = {}
-    for u in np.unique(user):
-        m = user == u
-        acc = pairwise_accuracy(prob[m], label[m])
-        if not np.isnan(acc):
-            out[int(u)] = acc
-    return out
+    keep = label != 0.5
+    prob, label, user = prob[keep], label[keep], user[keep]
+    order = np.argsort(user, kind="stable")
+    users, starts, counts = np.unique(user[order], return_index=True, return_counts=True)
+    correct = np.where(prob == 0.5, 0.5, ((prob > 0.5) == (label == 1)).astype(np.float64))[order]
+    sums = np.add.reduceat(correct, starts) if len(starts) else np.zeros(0)
+    return {int(u): float(s / c) for u, s, c in zip(users, sums, counts) if c >= min_comparisons}
 
 
 def worst_decile_accuracy(user_accuracy: dict[int, float] | np.ndarray) -> float:
@@ -80,8 +82,10 @@ def worst_decile_accuracy(user_accuracy: dict[int, float] | np.ndarray) -> float
     return float(values[:n].mean())
 
 
-def summarize(prob: np.ndarray, label: np.ndarray, user: np.ndarray | None = None) -> dict[str, float]:
-    """Every metric for one set of predictions."""
+def summarize(prob: np.ndarray, label: np.ndarray, user: np.ndarray | None = None,
+              min_user_comparisons: int = 5) -> dict[str, float]:
+    """Every metric for one set of predictions; per-user figures cover users with at least
+    ``min_user_comparisons`` decisive comparisons (a user's accuracy on one or two is noise)."""
     out = {
         "accuracy": pairwise_accuracy(prob, label),
         "log_loss": log_loss(prob, label),
@@ -90,7 +94,7 @@ def summarize(prob: np.ndarray, label: np.ndarray, user: np.ndarray | None = Non
         "n_ties": int((np.asarray(label) == 0.5).sum()),
     }
     if user is not None:
-        per_user = per_user_accuracy(prob, label, user)
+        per_user = per_user_accuracy(prob, label, user, min_user_comparisons)
         out["n_users"] = len(per_user)
         out["worst_decile_user_accuracy"] = worst_decile_accuracy(per_user)
         out["mean_user_accuracy"] = float(np.mean(list(per_user.values()))) if per_user else float("nan")

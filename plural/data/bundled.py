@@ -123,7 +123,10 @@ def _ukpconvarg1(folder: Path, cap: int | None, seed: int | None) -> PreferenceD
         judg.worker.to_numpy(), judg.arg1.to_numpy(), judg.arg2.to_numpy(), judg.label.to_numpy(),
         item_ids=args.arg_id.to_numpy(), item_text=args.text.to_numpy(),
         contexts=judg.topic.tolist(), context_ids=topics.topic.to_numpy(), context_text=topic_text,
-        meta={"n_judgments": len(judg), "n_ties": int((judg.label == 0.5).sum())})
+        # natively pairwise with a median of 4 decisive judgments per worker: PROTOCOL.md splits
+        # each worker's comparisons, not their items
+        meta={"n_judgments": len(judg), "n_ties": int((judg.label == 0.5).sum()),
+              "split_mode": "comparisons"})
 
 
 def _polis(folder: Path, cap: int | None, seed: int | None) -> PreferenceData:

@@ -140,7 +140,7 @@ def _item_table(item_table: pd.DataFrame | None, item_id: str, item_text: str,
         return None, None
     _check_columns(item_table, [item_id], "item_table")
     ids = _ids(item_table, item_id)
-    missing = pd.unique(used[~np.isin(used, ids)])
+    missing = pd.unique(used[~pd.Index(used).isin(ids)])  # hash-based: np.isin on objects is quadratic
     if len(missing):
         raise ValueError(f"item {missing[0]!r} is compared but not in item_table "
                          f"({len(missing)} such items)")

@@ -50,6 +50,10 @@ def test_per_user_and_worst_decile():
     assert acc == {0: 1.0, 1: 0.0, 2: 0.5}
     assert worst_decile_accuracy(acc) == 0.0
     assert worst_decile_accuracy(np.arange(20) / 20) == pytest.approx(0.025)
+    assert per_user_accuracy(p, y, u, min_comparisons=3) == {}
+    ties = np.array([0.5, 1, 1, 1, 0, 1.0])
+    assert per_user_accuracy(p, ties, u) == {0: 1.0, 1: 0.0, 2: 0.5}
+    assert summarize(p, y, u, min_user_comparisons=2)["n_users"] == 3
 
 
 def test_shape_mismatch():
