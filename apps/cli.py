@@ -89,6 +89,35 @@ def demo(
     eval_(out / "bradley_terry")
 
 
+@app.command()
+def bench(
+    data: str = typer.Option("ukpconvarg1,polis,movielens,synthetic_mixture,synthetic_noisy,synthetic_length",
+                             help="comma-separated bundled or synthetic datasets, or file paths"),
+    models: str = typer.Option(None, help="comma-separated model names (default: the whole zoo and baselines)"),
+    seeds: str = typer.Option("0", help="comma-separated seeds"),
+    out: Path = typer.Option(Path("runs/bench"), help="output directory (results.json, results.md, PNGs)"),
+    max_unseen_users: int = typer.Option(300, help="unseen users scored per dataset and seed (0: all)"),
+    max_epochs: int = typer.Option(20),
+    quick: bool = typer.Option(False, help="tiny synthetic data and few epochs (seconds)"),
+) -> None:
+    """Run the evaluation protocol over datasets x models x seeds and write a table and plots."""
+    from plural.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
+
+    _quiet_lightning()
+    names = [d.strip() for d in data.split(",") if d.strip()]
+    config = BenchConfig(seeds=tuple(int(s) for s in seeds.split(",")),
+                         max_unseen_users=max_unseen_users or None, max_epochs=3 if quick else max_epochs)
+    if models:
+        config.models = tuple(m.strip() for m in models.split(","))
+    start = time.perf_counter()
+    with console.status("loading and encoding datasets (embeddings are cached)"):
+        datasets = {n: load_bench_dataset(n, quick=quick) for n in names}
+    record = run_benchmark(datasets, config, out, show_progress=False)
+    console.print(markdown_table(record))
+    console.print(f"wrote {out}/results.json, results.md and {len(record.get('plots', []))} plot(s) "
+                  f"in {time.perf_counter() - start:.0f}s")
+
+
 def _int_or_str(value: str):
     return int(value) if value.isdigit() else value
 

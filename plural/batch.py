@@ -6,7 +6,8 @@ A batch is a dict of tensors, one row per comparison:
 - ``item_a``, ``item_b`` ``(B,)`` long: the model's index of each item (-1 for an item it has no
   learned identity for, which then falls back on its features);
 - ``features_a``, ``features_b`` ``(B, d)`` float32: the items' features;
-- ``label`` ``(B,)`` float32 in {0, 0.5, 1}; ``weight`` ``(B,)`` float32; ``context`` ``(B,)`` long (-1: none).
+- ``label`` ``(B,)`` float32 in {0, 0.5, 1}; ``weight`` ``(B,)`` float32;
+- ``context`` ``(B,)`` long: the model's index of the context (-1: none, or one it has not seen).
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ class ComparisonDataset(torch.utils.data.Dataset):
         self.data_item_a = torch.from_numpy(data.item_a[rows])
         self.data_item_b = torch.from_numpy(data.item_b[rows])
         item_codes = None if same_items else item_map
+        context_map = getattr(model, "_context_index", None)
+        if context_map is not None and data.context_ids is not None:
+            table = np.append(_remap(context_map, data.context_ids, np.arange(len(data.context_ids))), -1)
+            context = table[data.context[rows]]  # index -1 (no context) reads the appended -1
+        else:
+            context = np.full(len(rows), -1, np.int64) if model is not None else data.context[rows]
         self.tensors = {
             "user": torch.from_numpy(_remap(user_map, data.user_ids, data.user[rows])),
             "item_a": torch.from_numpy(_remap(item_codes, data.item_ids, data.item_a[rows])),
             "item_b": torch.from_numpy(_remap(item_codes, data.item_ids, data.item_b[rows])),
             "label": torch.from_numpy(data.label[rows]),
             "weight": torch.from_numpy(data.weight[rows]),
-            "context": torch.from_numpy(data.context[rows]),
+            "context": torch.from_numpy(np.ascontiguousarray(context)),
         }
 
     def __len__(self) -> int:

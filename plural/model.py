@@ -101,12 +101,15 @@ class PreferenceModel(pl.LightningModule):
         self.feature_dim_: int | None = None
         self.user_ids_: list[str] = []
         self.item_ids_: list[str] = []
+        self.context_ids_: list[str] = []
         self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
 
     # ------------------------------------------------------------------ building
-    def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str]) -> "PreferenceModel":
+    def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str],
+              context_ids: Sequence[str] = ()) -> "PreferenceModel":
         """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
-        in training and the items ``item_ids`` the model may learn identities for."""
+        in training, the items ``item_ids`` the model may learn identities for, and the contexts
+        ``context_ids`` (prompts, topics) it may learn representations for."""
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
         self.feature_dim_ = int(feature_dim)
@@ -114,6 +117,8 @@ class PreferenceModel(pl.LightningModule):
         self.item_ids_ = [str(i) for i in item_ids]
         self._user_index = {u: i for i, u in enumerate(self.user_ids_)}
         self._item_index = {it: i for i, it in enumerate(self.item_ids_)}
+        self.context_ids_ = [str(c) for c in context_ids]
+        self._context_index = {c: i for i, c in enumerate(self.context_ids_)}
         self._build(self.feature_dim_)
         return self
 
@@ -172,6 +177,14 @@ class PreferenceModel(pl.LightningModule):
         """A :class:`UserState` for a new user from the comparisons in ``support`` (a batch as made by
         ``plural.batch.comparison_batch``); None or an empty batch gives the population state."""
         raise NotImplementedError
+
+    def state_margin(self, batch: Batch, state: UserState) -> torch.Tensor:
+        """``(B,)`` margins ``r(a) - r(b)`` of the batch's comparisons for one user in ``state``
+        (what few-shot evaluation scores). The default goes through :meth:`reward`; models whose
+        prediction is not a reward difference (mixtures) or that use contexts override it."""
+        ra = self.reward(batch["features_a"], state, batch["item_a"])
+        rb = self.reward(batch["features_b"], state, batch["item_b"])
+        return ra - rb
 
     def regularization(self) -> torch.Tensor:
         """The model's own regularizers, added to the likelihood in training."""

@@ -7,7 +7,6 @@ log-loss with the best weights restored, seeded. Trainer options (``devices``, `
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -141,7 +140,8 @@ def fit(
     pl.seed_everything(random_state, workers=True, verbose=False)
     if not model.is_built:
         present = np.unique(data.user[train_rows])
-        model.build(data.feature_dim, data.user_ids[present], data.item_ids)
+        contexts = () if data.context_ids is None else data.context_ids
+        model.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts)
     elif model.feature_dim_ != data.feature_dim:
         raise ValueError(f"model was built for {model.feature_dim_}-d features, data has {data.feature_dim}")
 

@@ -3,12 +3,13 @@
 import logging
 import os
 
-import pytest
+# Before torch is imported: tiny test models run fastest on one thread per process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from plural.data.synthetic import make_population
+import pytest  # noqa: E402
 
-# Keep CPU tests on two threads and Lightning quiet.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+from plural.data.synthetic import make_population  # noqa: E402
+
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 

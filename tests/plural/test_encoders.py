@@ -201,7 +201,8 @@ def test_cache_file_is_sqlite_with_float32_blobs(tmp_path, model):
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     conn.close()
     assert len(rows) == 1 and len(rows[0][0]) == 64
-    np.testing.assert_array_equal(np.frombuffer(rows[0][1], dtype="<f4"), out[0])
+    # the cache holds the raw model output; normalizing on the way out may move the last bit
+    np.testing.assert_allclose(np.frombuffer(rows[0][1], dtype="<f4"), out[0], rtol=1e-6, atol=1e-7)
     assert meta["dim"] == str(DIM) and meta["format_version"] == "1"
 
 

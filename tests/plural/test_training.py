@@ -2,7 +2,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 from plural.checkpoint import CheckpointError, load_model, save_model
 from plural.data.splits import split_comparisons
-from plural.data.synthetic import make_population
 from plural.evaluation import evaluate
 from plural.model import NotFittedError, make_model
 

@@ -1,0 +1,440 @@
+"""Variational preference learning (VPL).
+
+Follows Poddar et al., "Personalizing Reinforcement Learning from Human Feedback with Variational
+Preference Learning" (NeurIPS 2024): a user is a latent variable ``z`` in R^K with prior N(0, I); a
+permutation-invariant encoder reads a set of the user's labelled comparisons and returns a Gaussian
+posterior ``q(z | comparisons)``; the reward is conditioned on ``z``; training maximizes the ELBO
+(Bradley-Terry likelihood of the user's labels minus ``beta`` times the KL to the prior), and a new
+user is one encoder pass over their comparisons, with no gradient steps.
+
+Departures from the paper:
+
+1. **Population + personal by construction.** ``r(x, z) = w0 . phi(x) + b(x) + z . (W phi(x))``: the
+   personal part is bilinear in ``z``, so it is exactly zero at ``z = 0`` (the prior mean), and a user
+   with no comparisons gets the population reward. The paper's reward is an MLP of ``(x, z)``.
+2. **Hybrid items** (``plural.layers.HybridItems``): ``phi`` and ``b`` come from the item features
+   plus a learned embedding and bias for items seen in training. The encoder reads comparisons
+   through the same ``phi``: each comparison becomes ``[s (phi_a - phi_b), phi_a + phi_b]`` with
+   ``s = 2 label - 1`` (invariant to swapping a and b and flipping the label), goes through an MLP,
+   and the set is mean-pooled (weighted by comparison weight); an MLP of the pooled vector and
+   ``log(1 + m)`` (``m``: the set size, capped at ``context_size``) gives the mean and log-std of z.
+3. **Pyro ELBO with module-local parameters.** The ELBO is Pyro's ``TraceMeanField_ELBO`` (analytic
+   KL) over a Pyro ``model`` and ``guide`` that close over this module's own ``nn`` parameters; no
+   ``pyro.param`` or ``pyro.module`` is used, so Pyro's global parameter store is never touched and
+   any number of VPL models can live in one process.
+4. **Episodes from random batches.** Each training batch's comparisons are grouped by user; a
+   user's context is a random subset (at most ``context_size``, drawn afresh every step) of all of
+   that user's *training* comparisons, which may include the batch's target comparisons of that user
+   (the batch carries no row ids to exclude them by). Each target comparison carries ``1/m`` of its
+   user's KL, ``m`` being the (weighted) size of the context the posterior was encoded from, so the
+   encoder learns the posterior of a user who made ``m`` comparisons: what ``adapt`` returns for a
+   support of that size.
+5. **Against posterior collapse**: KL annealing (the KL weight ramps from 0 to ``beta`` over
+   ``kl_warmup_epochs``) and free bits (a latent dimension whose KL, averaged over the batch's
+   users, is below ``free_bits`` nats gets no KL gradient). ``active_units()`` counts the dimensions
+   in use and is logged after every training epoch.
+
+``user_states()`` are the posterior means of the training users, each encoded from all of that user's
+training comparisons (refreshed before every validation and at the end of training, and saved with
+the weights).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from plural.latent import LatentConfig, LatentUserModel, inference
+from plural.layers import HybridItems, mlp
+from plural.likelihood import bradley_terry_nll, preference_probability
+from plural.model import UserState, register_model
+
+logger = logging.getLogger(__name__)
+
+LOG_STD_RANGE = (-7.0, 2.0)
+"""Bounds of the encoder's log standard deviation."""
+MAX_SAMPLING_KEYS = 1 << 24
+"""Above this many (users x longest history) random keys per step, contexts are drawn with replacement."""
+ENCODE_CHUNK = 16384
+"""Comparisons per encoder pass when encoding every training user."""
+_TRAIN_KEYS = ("indptr", "features", "item_of_row", "row_a", "row_b", "label", "weight")
+
+
+@dataclasses.dataclass
+class VPLConfig(LatentConfig):
+    """Config of :class:`VPL`. Of the inherited latent-user fields, ``user_l2``, ``adapt_steps`` and
+    ``prior_floor`` are unused: VPL has no embedding table and adapts by one encoder pass."""
+
+    n_components: int = 8
+    """K: dimension of the latent user variable ``z``."""
+    beta: float = 1.0
+    """Weight of the KL term of the ELBO once warmed up (1: the true ELBO; beta-VAE otherwise)."""
+    kl_warmup_epochs: int = 5
+    """Epochs over which the KL weight ramps linearly from 0 to ``beta`` (0: no warm-up)."""
+    free_bits: float = 0.05
+    """Per-dimension KL floor in nats: a dimension whose batch-mean KL is below it gets no KL gradient."""
+    context_size: int = 32
+    """Most comparisons of a user the encoder reads per training step."""
+    encoder_hidden: int = 64
+    """Width of the set encoder's hidden layers and pooled representation."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta!r}")
+        if self.kl_warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs!r}")
+        if not self.free_bits >= 0:
+            raise ValueError(f"free_bits must be >= 0, got {self.free_bits!r}")
+        if self.context_size < 1:
+            raise ValueError(f"context_size must be >= 1, got {self.context_size!r}")
+        if self.encoder_hidden < 1:
+            raise ValueError(f"encoder_hidden must be >= 1, got {self.encoder_hidden!r}")
+
+
+# ---------------------------------------------------------------------- pure functions
+def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``KL(N(mean, std^2) || N(0, 1))``, same shape as ``mean``."""
+    return 0.5 * (mean.pow(2) + std.pow(2) - 1) - torch.log(std)
+
+
+def swap_prior(mean: torch.Tensor, var: torch.Tensor, prior: UserState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a Gaussian posterior ``N(mean, diag(var))`` found under the N(0, I) prior to ``prior``:
+    ``q'(z) ∝ q(z) prior(z) / N(z; 0, I)``. Where that precision is not positive definite (a prior
+    broader than N(0, I)), its eigenvalues are floored at the prior's smallest precision.
+
+    Returns ``(mean (K,), covariance (K, K))`` in float64.
+    """
+    k = len(mean)
+    eye = torch.eye(k, dtype=torch.float64)
+    prior_mean = prior.vector.double().cpu()
+    prior_cov = eye if prior.covariance is None else prior.covariance.double().cpu()
+    prior_precision = torch.linalg.inv(prior_cov)
+    precision = torch.diag(1 / var) + prior_precision - eye
+    evals, evecs = torch.linalg.eigh((precision + precision.T) / 2)
+    evals = evals.clamp_min(float(torch.linalg.eigvalsh(prior_precision).min()))
+    cov = evecs @ torch.diag(1 / evals) @ evecs.T
+    return cov @ (mean / var + prior_precision @ prior_mean), cov
+
+
+def sample_context(indptr: torch.Tensor, users: torch.Tensor, size: int,
+                   max_keys: int = MAX_SAMPLING_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random subset of at most ``size`` of each user's comparisons, without replacement.
+
+    Args:
+        indptr: ``(n_users + 1,)`` CSR offsets of each user's comparisons.
+        users: ``(U,)`` user indices.
+        size: the most comparisons per user.
+        max_keys: above ``U * longest history`` random keys, users with more than ``size``
+            comparisons are sampled with replacement instead (bounded memory).
+
+    Returns:
+        ``positions (M,)`` into the CSR order and ``segment (M,)``: which of ``users`` each belongs to.
+    """
+    device = indptr.device
+    start = indptr[users]
+    count = indptr[users + 1] - start
+    n = len(users)
+    width = int(count.max()) if n else 0
+    if width <= size:
+        pos = torch.arange(width, device=device).expand(n, width)
+    elif n * width <= max_keys:
+        keys = torch.rand(n, width, device=device)
+        keys = keys.masked_fill(torch.arange(width, device=device) >= count[:, None], -1.0)
+        pos = keys.topk(size, dim=1).indices
+    else:
+        ar = torch.arange(size, device=device).expand(n, size)
+        drawn = (torch.rand(n, size, device=device) * count[:, None]).long()
+        pos = torch.where((count > size)[:, None], drawn, ar)
+    keep = pos < count[:, None]
+    segment = torch.arange(n, device=device)[:, None].expand_as(pos)
+    return (start[:, None] + pos)[keep], segment[keep]
+
+
+class SetEncoder(nn.Module):
+    """Permutation-invariant encoder of a user's comparisons into a Gaussian over ``z``.
+
+    ``forward(phi_a (M, h), phi_b (M, h), label (M,), weight (M,), segment (M,), n_sets)`` returns
+    ``mean (n_sets, K)`` and ``log_std (n_sets, K)``; ``segment`` says which set each comparison is in.
+    """
+
+    def __init__(self, item_dim: int, hidden: int, n_components: int, context_size: int,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        self.context_size = context_size
+        self.comparison_net = mlp(2 * item_dim, hidden, hidden, dropout)
+        self.posterior_head = mlp(hidden + 1, hidden, 2 * n_components, dropout)
+
+    def forward(self, phi_a, phi_b, label, weight, segment, n_sets):
+        sign = (2 * label.to(phi_a.dtype) - 1).unsqueeze(-1)
+        h = self.comparison_net(torch.cat([sign * (phi_a - phi_b), phi_a + phi_b], dim=-1))
+        w = weight.to(h.dtype)
+        total = h.new_zeros(n_sets, h.shape[-1]).index_add_(0, segment, h * w[:, None])
+        mass = h.new_zeros(n_sets).index_add_(0, segment, w)
+        count = h.new_zeros(n_sets).index_add_(0, segment, torch.ones_like(w))
+        pooled = total / mass.clamp_min(1e-12)[:, None]
+        size = torch.log1p(count.clamp_max(self.context_size))[:, None]
+        mean, log_std = self.posterior_head(torch.cat([pooled, size], dim=-1)).chunk(2, dim=-1)
+        return mean, log_std.clamp(*LOG_STD_RANGE)
+
+
+class _Posterior(NamedTuple):
+    """The guide's Gaussian over the batch's users' z, and each ``(user, dim)``'s KL scale and mask."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    kl_scale: torch.Tensor
+    kl_mask: torch.Tensor
+
+
+# ---------------------------------------------------------------------- the model
+@register_model
+class VPL(LatentUserModel):
+    """``r(x, z) = w0 . phi(x) + b(x) + z . (W phi(x))`` with ``z ~ q(z | the user's comparisons)``."""
+
+    name = "vpl"
+    config_class = VPLConfig
+
+    def _build(self, feature_dim: int) -> None:
+        cfg = self.config
+        h, k = cfg.item_dim, cfg.n_components
+        self.items = HybridItems(feature_dim, len(self.item_ids_), h, cfg.hidden_dim, cfg.dropout,
+                                 cfg.use_identity)
+        self.population_weight = nn.Parameter(torch.randn(h) / h ** 0.5)
+        self.personal_map = nn.Parameter(torch.randn(k, h) / h ** 0.5)
+        self.encoder = SetEncoder(h, cfg.encoder_hidden, k, cfg.context_size, cfg.dropout)
+        self.register_buffer("user_means_", torch.zeros(len(self.user_ids_), k))
+        self._set_training_index(None)
+        self._means_step = -1
+        self._elbo = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=2)
+        self._step_margin: torch.Tensor | None = None
+
+    def score(self, phi, bias, u, context=None):
+        return (phi * (self.population_weight + u @ self.personal_map)).sum(-1) + bias
+
+    # ------------------------------------------------------------------ users
+    def user_vectors(self, user: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` posterior means of training users ``user``; zero for -1 (unseen users)."""
+        z = self.user_means_[user.clamp_min(0)]
+        return z * (user >= 0).unsqueeze(-1).to(z.dtype)
+
+    def user_states(self) -> torch.Tensor:
+        """``(n_users, K)`` posterior means of the training users, in ``user_ids_`` order."""
+        self.check_is_fitted()
+        return self.user_means_.detach().clone()
+
+    def regularization(self) -> torch.Tensor:
+        return torch.zeros((), device=self.device)  # the KL term of the ELBO is the regularizer
+
+    def prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (K,), covariance (K, K))`` of the prior over z: N(0, I)."""
+        k = self.user_dim
+        return torch.zeros(k, dtype=torch.float64), torch.eye(k, dtype=torch.float64)
+
+    def population_state(self) -> UserState:
+        self.check_is_fitted()
+        mean, cov = self.prior()
+        return UserState(vector=mean.float(), covariance=cov.float())
+
+    def active_units(self, threshold: float = 0.01) -> int:
+        """Number of latent dimensions whose posterior mean varies across training users by more
+        than ``threshold`` (variance), after Burda et al. (2016)."""
+        self.check_is_fitted()
+        means = self.user_means_
+        if len(means) < 2:
+            return 0
+        return int((means.var(dim=0, correction=0) > threshold).sum())
+
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean (K,), std (K,))`` of the posterior over z given all comparisons of ``batch``."""
+        phi_a, _ = self.items(batch["features_a"], batch.get("item_a"))
+        phi_b, _ = self.items(batch["features_b"], batch.get("item_b"))
+        label = batch["label"]
+        weight = batch.get("weight", torch.ones_like(label))
+        segment = torch.zeros(len(label), dtype=torch.long, device=phi_a.device)
+        mean, log_std = self.encoder(phi_a, phi_b, label, weight, segment, 1)
+        return mean[0], log_std[0].exp()
+
+    def adapt(self, support=None, prior: UserState | None = None) -> UserState:
+        """The posterior over a new user's z from one encoder pass over ``support``: the vector is
+        its mean, the covariance its diagonal. ``prior`` replaces the N(0, I) prior the encoder was
+        trained under (Gaussian prior swap); None or an empty support gives the prior itself."""
+        self.check_is_fitted()
+        n = 0 if support is None else int(len(support["label"]))
+        if n == 0:
+            if prior is None:
+                return self.population_state()
+            cov = torch.eye(self.user_dim) if prior.covariance is None else prior.covariance
+            return UserState(vector=prior.vector.float().cpu(), covariance=cov.float().cpu())
+        self.check_features(support["features_a"])
+        self.check_features(support["features_b"])
+        with inference(self):
+            mean, std = self.encode({k: v.to(self.device) for k, v in support.items()})
+        mean, var = mean.double().cpu(), std.double().cpu().pow(2)
+        if prior is None:
+            return UserState(vector=mean.float(), covariance=torch.diag(var).float(), n_comparisons=n)
+        mean, cov = swap_prior(mean, var, prior)
+        return UserState(vector=mean.float(), covariance=cov.float(), n_comparisons=n)
+
+    # ------------------------------------------------------------------ the training set
+    def _set_training_index(self, tensors: dict | None) -> None:
+        for key in _TRAIN_KEYS:
+            value = None if tensors is None else tensors[key].to(self.device)
+            self.register_buffer(f"train_{key}_", value, persistent=False)
+
+    def on_fit_start(self) -> None:
+        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        if train_set is None:
+            raise RuntimeError("VPL encodes each user from their training comparisons and reads them "
+                               "from the datamodule's train_set; train it with plural.training.fit")
+        t = train_set.tensors
+        rows = torch.nonzero(t["user"] >= 0).squeeze(1)
+        rows = rows[torch.argsort(t["user"][rows], stable=True)]
+        counts = torch.bincount(t["user"][rows], minlength=len(self.user_ids_))
+        # the model's item index of each feature row (an item's index depends on the item alone)
+        item_of_row = torch.full((len(train_set.features),), -1, dtype=torch.long)
+        item_of_row[train_set.data_item_a] = t["item_a"]
+        item_of_row[train_set.data_item_b] = t["item_b"]
+        self._set_training_index({
+            "indptr": torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
+            "features": train_set.features, "item_of_row": item_of_row,
+            "row_a": train_set.data_item_a[rows], "row_b": train_set.data_item_b[rows],
+            "label": t["label"][rows], "weight": t["weight"][rows],
+        })
+        self._means_step = -1
+
+    def on_fit_end(self) -> None:
+        self._set_training_index(None)  # do not hold on to the training data
+
+    def _encode_positions(self, positions: torch.Tensor, segment: torch.Tensor, n_sets: int):
+        """Encode the training comparisons at CSR ``positions`` as ``n_sets`` sets; each distinct
+        item goes through the item network once."""
+        rows = torch.cat([self.train_row_a_[positions], self.train_row_b_[positions]])
+        distinct, inverse = torch.unique(rows, return_inverse=True)
+        phi, _ = self.items(self.train_features_[distinct], self.train_item_of_row_[distinct])
+        phi_a, phi_b = phi[inverse].chunk(2)
+        return self.encoder(phi_a, phi_b, self.train_label_[positions], self.train_weight_[positions],
+                            segment, n_sets)
+
+    def _refresh_user_means(self, force: bool = False) -> None:
+        """Encode every training user from all of their training comparisons into ``user_means_``."""
+        if self.train_indptr_ is None or (not force and self._means_step == self.global_step):
+            return
+        indptr = self.train_indptr_.cpu()
+        n_users = len(indptr) - 1
+        means = torch.zeros_like(self.user_means_)
+        with inference(self):
+            first = 0
+            while first < n_users:
+                last = int(torch.searchsorted(indptr, indptr[first] + ENCODE_CHUNK, right=True)) - 1
+                last = min(max(last, first + 1), n_users)
+                counts = (indptr[first + 1:last + 1] - indptr[first:last]).to(self.device)
+                positions = torch.arange(int(indptr[first]), int(indptr[last]), device=self.device)
+                segment = torch.repeat_interleave(torch.arange(last - first, device=self.device), counts)
+                mean, _ = self._encode_positions(positions, segment, last - first)
+                means[first:last] = mean * (counts > 0).unsqueeze(-1).to(mean.dtype)
+                first = last
+        self.user_means_.copy_(means)
+        self._means_step = self.global_step
+
+    def on_validation_epoch_start(self) -> None:
+        self._refresh_user_means()
+
+    def on_train_epoch_end(self) -> None:
+        self._refresh_user_means()
+        self.log("active_units", float(self.active_units()))
+
+    def on_train_end(self) -> None:
+        self._refresh_user_means(force=True)  # after RestoreBestWeights put the best weights back
+
+    # ------------------------------------------------------------------ the ELBO
+    def kl_weight(self) -> float:
+        """The KL weight at this training step: ``beta``, ramped up linearly over the warm-up."""
+        cfg = self.config
+        n_batches = self.trainer.num_training_batches
+        if cfg.kl_warmup_epochs == 0 or not math.isfinite(n_batches) or n_batches < 1:
+            return cfg.beta
+        return cfg.beta * min(1.0, self.global_step / (cfg.kl_warmup_epochs * n_batches))
+
+    def _pyro_model(self, batch: dict, slot: torch.Tensor, posterior: _Posterior | None) -> None:
+        """z ~ N(0, I) for each user of the batch; labels ~ Bernoulli(sigmoid(r(a, z) - r(b, z)))."""
+        phi_a, bias_a = self.items(batch["features_a"], batch["item_a"])
+        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"])
+        z = phi_a.new_zeros(1, self.user_dim)  # the last row: users the model has no index for
+        if posterior is not None:
+            with pyro.plate("users", len(posterior.mean), dim=-2), \
+                    pyro.plate("latent", self.user_dim, dim=-1), \
+                    poutine.scale(scale=posterior.kl_scale), poutine.mask(mask=posterior.kl_mask):
+                prior = dist.Normal(torch.zeros_like(posterior.mean), torch.ones_like(posterior.mean))
+                z = torch.cat([pyro.sample("z", prior), z])
+        u = z[slot]
+        margin = self.score(phi_a, bias_a, u) - self.score(phi_b, bias_b, u)
+        self._step_margin = margin.detach()
+        weight = batch["weight"]
+        if self.config.noise_rate > 0:
+            p = preference_probability(margin, self.config.noise_rate).clamp(1e-7, 1 - 1e-7)
+            likelihood = dist.Bernoulli(probs=p, validate_args=False)
+        else:
+            likelihood = dist.Bernoulli(logits=margin, validate_args=False)  # ties: soft labels
+        with pyro.plate("comparisons", len(margin), dim=-1), \
+                poutine.scale(scale=torch.where(weight > 0, weight, torch.ones_like(weight))), \
+                poutine.mask(mask=weight > 0):
+            pyro.sample("label", likelihood, obs=batch["label"].to(margin.dtype))
+
+    def _pyro_guide(self, batch: dict, slot: torch.Tensor, posterior: _Posterior | None) -> None:
+        """z ~ N(mean, std^2) from the set encoder, for each user of the batch."""
+        if posterior is None:
+            return
+        with pyro.plate("users", len(posterior.mean), dim=-2), \
+                pyro.plate("latent", self.user_dim, dim=-1), \
+                poutine.scale(scale=posterior.kl_scale), poutine.mask(mask=posterior.kl_mask):
+            pyro.sample("z", dist.Normal(posterior.mean, posterior.std))
+
+    def _posterior(self, user: torch.Tensor, weight: torch.Tensor, beta: float):
+        """Encode the batch's users from random contexts; returns the guide's posterior (None when no
+        user is known), each comparison's row in ``[z; 0]``, and the KL per comparison (for logging)."""
+        known = user >= 0
+        users, inverse = torch.unique(user[known], return_inverse=True)
+        n = len(users)
+        slot = torch.full_like(user, n)
+        slot[known] = inverse
+        if n == 0:
+            return None, slot, weight.new_zeros(())
+        positions, segment = sample_context(self.train_indptr_, users, self.config.context_size)
+        mean, log_std = self._encode_positions(positions, segment, n)
+        std = log_std.exp()
+        target = weight.new_zeros(n).index_add_(0, inverse, weight[known])
+        context = weight.new_zeros(n).index_add_(0, segment, self.train_weight_[positions])
+        share = target / context.clamp_min(1e-12)  # each target comparison carries 1/m of the KL
+        kl = gaussian_kl(mean, std).detach()
+        dim_kl = (share[:, None] * kl).sum(0) / share.sum().clamp_min(1e-12)
+        mask = (share > 0)[:, None] & (dim_kl >= self.config.free_bits)[None, :] & (beta > 0)
+        scale = torch.where(mask, beta * share[:, None].expand_as(mask), torch.ones_like(kl))
+        kl_per_comparison = (share[:, None] * kl).sum() / weight.sum().clamp_min(1e-12)
+        return _Posterior(mean, std, scale, mask), slot, kl_per_comparison
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        label, weight = batch["label"], batch["weight"]
+        beta = self.kl_weight()
+        posterior, slot, kl = self._posterior(batch["user"], weight, beta)
+        loss = self._elbo.differentiable_loss(self._pyro_model, self._pyro_guide, batch, slot, posterior)
+        loss = loss / weight.sum().clamp_min(1e-12)
+        margin, self._step_margin = self._step_margin, None
+        size = len(label)
+        nll = bradley_terry_nll(margin, label, weight, noise_rate=self.config.noise_rate)
+        self.log_dict({"train_loss": loss.detach(), "train_nll": nll, "train_kl": kl,
+                       "kl_weight": float(beta)}, batch_size=size)
+        decisive = label != 0.5
+        if decisive.any():
+            acc = ((margin[decisive] > 0).float() == label[decisive]).float().mean()
+            self.log("train_acc", acc, prog_bar=True, batch_size=int(decisive.sum()))
+        return loss
+
