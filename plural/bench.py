@@ -70,7 +70,7 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) ->
 
     if name in ("synthetic_mixture", "synthetic_noisy"):
         size = dict(n_users=60, n_items=200, dim=16, comparisons_per_user=60) if quick else \
-            dict(n_users=400, n_items=2000, dim=384, comparisons_per_user=100)
+            dict(n_users=400, n_items=2000, dim=384, comparisons_per_user=300)
         # scale 40 at 384-d puts the oracle near 83% and one shared reward near 72% (see make_mixture)
         scale = 12.0 if quick else 40.0
         syn = synthetic.make_mixture(n_types=4, scale=scale, flip_rate=0.2 if name == "synthetic_noisy" else 0.0,
@@ -140,7 +140,10 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
             extra["active_units"] = int(model.active_units())
         entry.update({k: float(v) for k, v in extra.items()})
         out["models"][name] = entry
-        logger.info("%s seed %d %s: seen test %.3f", data.name, seed, name, entry["seen_test"]["accuracy"])
+        first = next(k for k in entry if k.startswith("unseen_"))
+        logger.info("%s seed %d %s: seen test %.3f; unseen %s", data.name, seed, name,
+                    entry["seen_test"]["accuracy"],
+                    {row["k"]: round(row["accuracy"], 3) for row in entry[first]["curve"]})
     return out
 
 

@@ -34,6 +34,11 @@ class LatentConfig(ModelConfig):
     """Learn an embedding and bias for items seen in training (hybrid items)."""
     user_l2: float = 1.0
     """Precision of the Gaussian prior on training users' vectors (their L2 penalty)."""
+    item_l2: float = 1.0
+    """Precision of the Gaussian prior on learned item embeddings and biases."""
+    user_lr_multiplier: float = 30.0
+    """Training users' vectors learn this many times faster than the shared weights: each row sees
+    only its user's comparisons, so at the shared rate the personal part barely moves."""
     adapt_steps: int = 10
     """Gauss-Newton steps in ``adapt``."""
     prior_floor: float = 1e-3
@@ -47,6 +52,10 @@ class LatentConfig(ModelConfig):
             raise ValueError(f"item_dim must be >= 1, got {self.item_dim!r}")
         if not self.user_l2 > 0:
             raise ValueError(f"user_l2 must be > 0, got {self.user_l2!r}")
+        if self.item_l2 < 0:
+            raise ValueError(f"item_l2 must be >= 0, got {self.item_l2!r}")
+        if not self.user_lr_multiplier > 0:
+            raise ValueError(f"user_lr_multiplier must be > 0, got {self.user_lr_multiplier!r}")
         if self.adapt_steps < 0:
             raise ValueError(f"adapt_steps must be >= 0, got {self.adapt_steps!r}")
 
@@ -103,11 +112,22 @@ class LatentUserModel(PreferenceModel):
         if dm is not None and getattr(dm, "train_set", None) is not None:
             self.n_train_.fill_(len(dm.train_set))
 
+    def configure_optimizers(self):
+        users = [p for n, p in self.named_parameters() if n.startswith("user_embedding.")]
+        shared = [p for n, p in self.named_parameters() if not n.startswith("user_embedding.")]
+        lr = self.config.learning_rate
+        groups = [{"params": shared}]
+        if users:  # the Gaussian prior (regularization) is their decay; no weight decay on top
+            groups.append({"params": users, "lr": lr * self.config.user_lr_multiplier, "weight_decay": 0.0})
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=self.config.weight_decay)
+
     def regularization(self) -> torch.Tensor:
-        """Gaussian prior on training users' vectors, spread over the training comparisons so that
-        the mean batch loss estimates the negative log-posterior per comparison."""
+        """Gaussian priors on training users' vectors and on item identities, spread over the
+        training comparisons so that the mean batch loss estimates the negative log-posterior per
+        comparison."""
         n = max(int(self.n_train_), 1)
-        return 0.5 * self.config.user_l2 * self.user_embedding.weight.pow(2).sum() / n
+        users = self.config.user_l2 * self.user_embedding.weight.pow(2).sum()
+        return 0.5 * (users + self.config.item_l2 * self.items.identity_penalty()) / n
 
     # ------------------------------------------------------------------ the contract
     def pair_margin(self, batch: dict) -> torch.Tensor:

@@ -42,6 +42,12 @@ class HybridItems(nn.Module):
             nn.init.zeros_(self.item_embedding.weight)
             nn.init.zeros_(self.item_bias.weight)
 
+    def identity_penalty(self) -> torch.Tensor:
+        """Sum of squares of the learned item embeddings and biases (their Gaussian prior)."""
+        if not self.use_identity:
+            return self.feature_bias.weight.new_zeros(())
+        return self.item_embedding.weight.pow(2).sum() + self.item_bias.weight.pow(2).sum()
+
     def forward(self, features: torch.Tensor, item_index: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         phi = self.feature_map(features)

@@ -99,5 +99,32 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
     return {"run": record, "results": results}
 
 
+def personalization_run(dataset: str, model_name: str, *, ks: tuple[int, ...] = (0, 10),
+                        random_state: int = 0, max_epochs: int = 10, batch_size: int = 512,
+                        max_unseen_users: int | None = 200, show_progress: bool = True,
+                        model_options: dict | None = None, **fit_options) -> dict:
+    """Fit ``model_name`` on the seen users of ``dataset`` and measure, for unseen users, query
+    accuracy after k of their comparisons (item-disjoint support and query, ``PROTOCOL.md``)."""
+    from plural.data.splits import make_episodes
+    from plural.encoders import encode_items
+    from plural.fewshot import few_shot_curve
+
+    data = load_dataset(dataset)
+    if data.item_features is None:
+        data = encode_items(data)
+    mode = default_split_mode(data)
+    seen, unseen = split_users(data, 0.2, random_state)
+    split = split_comparisons(data, seen, mode=mode, random_state=random_state)
+    model = make_model(model_name, **(model_options or {}))
+    model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=max_epochs, batch_size=batch_size,
+              random_state=random_state, show_progress=show_progress, **fit_options)
+    if max_unseen_users is not None and len(unseen) > max_unseen_users:
+        unseen = np.sort(np.random.default_rng(random_state).choice(unseen, max_unseen_users, replace=False))
+    episodes = make_episodes(data, unseen, mode=mode, n_draws=1, random_state=random_state)
+    curve = few_shot_curve(model, data, episodes, ks)
+    return {"dataset": dataset, "model": model, "data": data, "split_mode": mode, "curve": curve,
+            "seen_test": evaluate(model, data, split.test), "fit_report": model.fit_report_}
+
+
 def _jsonable(meta: dict) -> dict:
     return json.loads(json.dumps(meta, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

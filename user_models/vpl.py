@@ -232,7 +232,9 @@ class VPL(LatentUserModel):
         return self.user_means_.detach().clone()
 
     def regularization(self) -> torch.Tensor:
-        return torch.zeros((), device=self.device)  # the KL term of the ELBO is the regularizer
+        # the KL term of the ELBO regularizes z; item identities get their Gaussian prior here
+        n = max(getattr(self, "_n_train", 0), 1)
+        return 0.5 * self.config.item_l2 * self.items.identity_penalty() / n
 
     def prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (K,), covariance (K, K))`` of the prior over z: N(0, I)."""
@@ -296,6 +298,7 @@ class VPL(LatentUserModel):
             raise RuntimeError("VPL encodes each user from their training comparisons and reads them "
                                "from the datamodule's train_set; train it with plural.training.fit")
         t = train_set.tensors
+        self._n_train = len(train_set)
         rows = torch.nonzero(t["user"] >= 0).squeeze(1)
         rows = rows[torch.argsort(t["user"][rows], stable=True)]
         counts = torch.bincount(t["user"][rows], minlength=len(self.user_ids_))
