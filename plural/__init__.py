@@ -13,6 +13,7 @@ from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas
                          split_users)
 from plural.encoders import FeatureEncoder, TextEncoder, encode_items
 from plural.evaluation import evaluate, predict_proba
+from plural.fewshot import few_shot_curve
 from plural.model import (ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
                           make_model, register_model)
 from plural.scoring import score_items
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FeatureEncoder", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
-    "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "fit", "from_file",
+    "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "few_shot_curve", "fit", "from_file",
     "from_hf_dataset", "from_pandas", "from_rankings", "from_ratings", "from_trl", "from_votes", "load",
     "load_model", "make_episodes", "make_model", "predict_proba", "register_model", "save_model",
     "score_items", "split_comparisons", "split_users",

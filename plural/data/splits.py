@@ -89,12 +89,10 @@ def split_comparisons(data: PreferenceData, users: np.ndarray | None = None, *, 
                       random_state: int = 0) -> ComparisonSplit:
     """Split each user's comparisons into train / validation / test.
 
-    In ``"items"`` mode each user's items are split ``(1 - test) / test`` and a comparison belongs to
-    the part holding both its items, so test comparisons use items the user never judged in training;
-    validation is a random ``val_fraction`` of the training part's comparisons (an item block of 10%
-    would hold only about 1% of the pairs, too few to stop training on). In ``"comparisons"`` mode
-    each user's comparisons are cut ``(1 - test)`` / ``test``, and ``val_fraction`` of the training
-    part goes to validation (protocol: 80/20, 10% of train for validation).
+    In ``"items"`` mode each user's items are split ``(1 - val - test) / val / test`` and a comparison
+    belongs to the part holding both its items (protocol: 70/10/20 for rating-derived data). In
+    ``"comparisons"`` mode each user's comparisons are cut ``(1 - test)`` / ``test``, and ``val_fraction``
+    of the training part goes to validation (protocol: 80/20, 10% of train for validation).
 
     Args:
         data: the preferences.
@@ -106,6 +104,8 @@ def split_comparisons(data: PreferenceData, users: np.ndarray | None = None, *, 
     _check_mode(mode)
     _check_fraction("test_fraction", test_fraction)
     _check_fraction("val_fraction", val_fraction)
+    if mode == "items" and test_fraction + val_fraction >= 1:
+        raise ValueError(f"test_fraction + val_fraction must be < 1, got {test_fraction + val_fraction!r}")
     rng = np.random.default_rng(random_state)
     by_user = data.rows_by_user()
     users = data.users_present() if users is None else np.asarray(users)
@@ -116,18 +116,19 @@ def split_comparisons(data: PreferenceData, users: np.ndarray | None = None, *, 
         if rows is None:
             continue
         if mode == "items":
-            fractions = (1 - test_fraction, test_fraction)
+            fractions = (1 - val_fraction - test_fraction, val_fraction, test_fraction)
             block = _rows_in_blocks(data, rows, _item_blocks(data.items_of(rows), fractions, rng))
             n_dropped += int((block < 0).sum())
-            test, rest = rows[block == 1], rng.permutation(rows[block == 0])
+            for b in range(3):
+                parts[b].append(rows[block == b])
         else:
             perm = rng.permutation(rows)
             n_test = int(round(test_fraction * len(perm)))
-            test, rest = perm[:n_test], perm[n_test:]
-        n_val = int(round(val_fraction * len(rest)))
-        parts[0].append(rest[n_val:])
-        parts[1].append(rest[:n_val])
-        parts[2].append(test)
+            rest = perm[n_test:]
+            n_val = int(round(val_fraction * len(rest)))
+            parts[0].append(rest[n_val:])
+            parts[1].append(rest[:n_val])
+            parts[2].append(perm[:n_test])
     train, val, test = (np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts)
     if n_dropped:
         logger.info("%s: %d comparisons straddle item blocks and are in no part", data.name, n_dropped)

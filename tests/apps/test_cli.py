@@ -39,3 +39,11 @@ def test_unknown_dataset_and_missing_run(tmp_path):
     assert "neither a bundled dataset" in str(result.exception)
     result = runner.invoke(app, ["eval", str(tmp_path)])
     assert result.exit_code != 0 and "not a plural run" in str(result.exception)
+
+
+def test_bench_quick_writes_table_and_plot(tmp_path):
+    result = runner.invoke(app, ["bench", "--quick", "--data", "synthetic_mixture", "--models",
+                                 "bradley_terry,item_winrate", "--max-unseen-users", "6", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| item_winrate |" in result.output
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "curves_synthetic_mixture.png").is_file()
