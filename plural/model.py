@@ -186,6 +186,11 @@ class PreferenceModel(pl.LightningModule):
         rb = self.reward(batch["features_b"], state, batch["item_b"])
         return ra - rb
 
+    def first_selectable_epoch(self) -> int:
+        """Epochs before this one are warm-up: early stopping waits for it and the best-weights
+        selection ignores them (0 for most models)."""
+        return 0
+
     def regularization(self) -> torch.Tensor:
         """The model's own regularizers, added to the likelihood in training."""
         return torch.zeros((), device=self.device)

@@ -53,14 +53,15 @@ class RestoreBestWeights(pl.Callback):
     """Keep a CPU copy of the weights at the best value of ``monitor`` and restore them at the end,
     so early stopping returns the best model without writing checkpoints to disk."""
 
-    def __init__(self, monitor: str = "val_loss") -> None:
+    def __init__(self, monitor: str = "val_loss", start_epoch: int = 0) -> None:
         self.monitor = monitor
+        self.start_epoch = start_epoch
         self.best_score: float | None = None
         self.best_epoch: int | None = None
         self._best_state: dict | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: PreferenceModel) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.current_epoch < self.start_epoch:
             return
         score = trainer.callback_metrics.get(self.monitor)
         if score is None:
@@ -149,7 +150,9 @@ def fit(
     callbacks = list(trainer_kwargs.pop("callbacks", []))
     restore = None
     if dm.val_set is not None:
-        restore = RestoreBestWeights("val_loss")
+        start = model.first_selectable_epoch()
+        restore = RestoreBestWeights("val_loss", start_epoch=start)
+        trainer_kwargs.setdefault("min_epochs", min(start + 1, max_epochs))
         callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=patience, mode="min"), restore]
     if show_progress:
         callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())

@@ -189,6 +189,9 @@ class EMMixture(PreferenceModel):
         return self.mixture_weights.detach().cpu().clone()
 
     # ------------------------------------------------------------------ EM
+    def first_selectable_epoch(self) -> int:
+        return self.config.warmup_epochs  # eps and pi are not estimated before
+
     def on_train_epoch_start(self) -> None:
         self._e_step(update=self.current_epoch >= self.config.warmup_epochs)
         self.log("noise_rate", self.label_noise.detach().float())
