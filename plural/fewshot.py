@@ -2,8 +2,9 @@
 
 For every episode (``plural.data.splits.make_episodes``) and every k, the model adapts a state from
 the first k support comparisons and is scored on the episode's query. Accuracy is averaged over a
-user's draws, then macro-averaged over users; the gain over k=0 comes with a 95% interval of the
-paired per-user difference. Adaptation latency is measured per call.
+user's draws, then macro-averaged over users; the gain over k=0 is paired on the same episodes (a
+user's draws whose support reaches k, against k=0 on those draws), averaged per user, with a 95%
+interval over users. Adaptation latency is measured per call.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
     dataset = ComparisonDataset(data, None, model)
     was_training = model.training
     model.eval()
-    # per k: user -> list of (accuracy, probs, labels) over draws
-    acc: dict[int, dict[int, list[float]]] = {k: {} for k in ks}
+    # per k: (user, draw) -> accuracy on that episode's query
+    acc: dict[int, dict[tuple[int, int], float]] = {k: {} for k in ks}
     probs: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     labels: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     latency: dict[int, list[float]] = {k: [] for k in ks}
@@ -67,22 +68,23 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
             p = torch.sigmoid(model.state_margin(query, state)).float().cpu().numpy()
             a = pairwise_accuracy(p, y)
             if not np.isnan(a):
-                acc[k].setdefault(ep.user, []).append(a)
+                acc[k][(ep.user, ep.draw)] = a
                 probs[k].append(p)
                 labels[k].append(y)
     model.train(was_training)
-    base = {u: float(np.mean(v)) for u, v in acc[ks[0]].items()} if ks else {}
+    base = acc[ks[0]] if ks else {}
     curve = []
     for k in ks:
-        per_user = {u: float(np.mean(v)) for u, v in acc[k].items()}
+        per_user = _per_user_mean(acc[k])
         if not per_user:
             continue
         row = {"k": int(k), "accuracy": float(np.mean(list(per_user.values()))),
                "log_loss": log_loss(np.concatenate(probs[k]), np.concatenate(labels[k])),
                "n_users": len(per_user)}
-        paired = [per_user[u] - base[u] for u in per_user if u in base]
+        # paired on the same episodes: a user's draws that reach k, against k0 on those draws
+        paired = _per_user_mean({key: a - base[key] for key, a in acc[k].items() if key in base})
         if paired:
-            diff = np.asarray(paired)
+            diff = np.asarray(list(paired.values()))
             half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
             row["gain_vs_k0"] = float(diff.mean())
             row["gain_ci95"] = [float(diff.mean() - half), float(diff.mean() + half)]
@@ -91,6 +93,14 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
         row["adapt_ms_p99"] = float(np.percentile(lat, 99))
         curve.append(row)
     return {"curve": curve, "n_episodes": len(episodes)}
+
+
+def _per_user_mean(by_episode: dict[tuple[int, int], float]) -> dict[int, float]:
+    """Average episode values over each user's draws."""
+    sums: dict[int, list[float]] = {}
+    for (user, _), value in by_episode.items():
+        sums.setdefault(user, []).append(value)
+    return {u: float(np.mean(v)) for u, v in sums.items()}
 
 
 def curve_value(result: dict, k: int, field: str = "accuracy") -> float:

@@ -81,6 +81,10 @@ class VPLConfig(LatentConfig):
     """Epochs over which the KL weight ramps linearly from 0 to ``beta`` (0: no warm-up)."""
     free_bits: float = 0.05
     """Per-dimension KL floor in nats: a dimension whose batch-mean KL is below it gets no KL gradient."""
+    vary_context_size: bool = True
+    """Draw each training user's context size uniformly from 1 to ``context_size``, so the encoder
+    sees sets as small as ``adapt`` will give it (with full-size contexts only, one comparison moved
+    a new Polis user's z far enough to cost 5 points at k=1)."""
     context_size: int = 32
     """Most comparisons of a user the encoder reads per training step."""
     encoder_hidden: int = 64
@@ -126,8 +130,12 @@ def swap_prior(mean: torch.Tensor, var: torch.Tensor, prior: UserState) -> tuple
 
 
 def sample_context(indptr: torch.Tensor, users: torch.Tensor, size: int,
-                   max_keys: int = MAX_SAMPLING_KEYS) -> tuple[torch.Tensor, torch.Tensor]:
+                   max_keys: int = MAX_SAMPLING_KEYS, vary_size: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """A random subset of at most ``size`` of each user's comparisons, without replacement.
+
+    With ``vary_size`` each user keeps a uniformly drawn number of them, from 1 to all it could
+    keep, so the encoder also learns what one or two comparisons say (as ``adapt`` at small k asks).
 
     Args:
         indptr: ``(n_users + 1,)`` CSR offsets of each user's comparisons.
@@ -155,6 +163,11 @@ def sample_context(indptr: torch.Tensor, users: torch.Tensor, size: int,
         drawn = (torch.rand(n, size, device=device) * count[:, None]).long()
         pos = torch.where((count > size)[:, None], drawn, ar)
     keep = pos < count[:, None]
+    if vary_size and n:
+        available = keep.sum(1)
+        limit = 1 + (torch.rand(n, device=device) * available).long()
+        keys = torch.rand(pos.shape, device=device).masked_fill(~keep, 2.0)  # invalid positions rank last
+        keep = keep & (keys.argsort(dim=1).argsort(dim=1) < limit[:, None])
     segment = torch.arange(n, device=device)[:, None].expand_as(pos)
     return (start[:, None] + pos)[keep], segment[keep]
 
@@ -411,7 +424,8 @@ class VPL(LatentUserModel):
         slot[known] = inverse
         if n == 0:
             return None, slot, weight.new_zeros(())
-        positions, segment = sample_context(self.train_indptr_, users, self.config.context_size)
+        positions, segment = sample_context(self.train_indptr_, users, self.config.context_size,
+                                            vary_size=self.config.vary_context_size)
         mean, log_std = self._encode_positions(positions, segment, n)
         std = log_std.exp()
         target = weight.new_zeros(n).index_add_(0, inverse, weight[known])

@@ -198,3 +198,23 @@ def test_two_models_in_one_process_leave_pyro_param_store_alone(trained):
         # the same seed gives the same model (deterministic); the two share no parameters
         assert torch.equal(fits[0].reward(xs, fits[0].user_states()), fits[1].reward(xs, fits[1].user_states()))
     assert not {id(p) for p in fits[0].parameters()} & {id(p) for p in fits[1].parameters()}
+
+
+def test_varied_context_sizes_keep_between_one_and_all():
+    import torch
+
+    from user_models.vpl import sample_context
+
+    torch.manual_seed(0)
+    indptr = torch.tensor([0, 3, 40, 41])
+    users = torch.tensor([0, 1, 2])
+    sizes = []
+    for _ in range(50):
+        pos, seg = sample_context(indptr, users, size=8, vary_size=True)
+        counts = torch.bincount(seg, minlength=3)
+        assert (counts >= 1).all() and counts[0] <= 3 and counts[1] <= 8 and counts[2] == 1
+        for u in range(3):  # positions stay inside each user's own comparisons
+            p = pos[seg == u]
+            assert ((p >= indptr[u]) & (p < indptr[u + 1])).all() and len(p.unique()) == len(p)
+        sizes.append(int(counts[1]))
+    assert min(sizes) < 4 and max(sizes) > 6
