@@ -10,8 +10,9 @@ from plural.fewshot import curve_value
 
 
 def plot_few_shot_curves(record: dict, out_dir: str | Path) -> list[Path]:
-    """One PNG per dataset: unseen-user accuracy against k, one line per model (mean over seeds,
-    shaded +- sd where there are several), written to ``out_dir/curves_<dataset>.png``."""
+    """One PNG per dataset, ``out_dir/curves_<dataset>.png``: unseen-user query accuracy against k
+    (left; each k covers the users whose support reaches it) and the gain over k=0 paired on the same
+    users and draws (right); one line per model, mean over seeds, shaded +- sd where there are several."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,21 +25,27 @@ def plot_few_shot_curves(record: dict, out_dir: str | Path) -> list[Path]:
         runs = body["runs"]
         key = "unseen_item_disjoint" if runs[0]["split_mode"] == "items" else "unseen_pair_protocol"
         protocol = "item-disjoint support and query" if key == "unseen_item_disjoint" else "pair protocol"
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        fig, (ax, gx) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110)
         for model in runs[0]["models"]:
             ks = [row["k"] for row in runs[0]["models"][model][key]["curve"]]
-            acc = np.array([[curve_value(r["models"][model][key], k) for k in ks] for r in runs]) * 100
-            mean = np.nanmean(acc, axis=0)
             xs = np.arange(len(ks))
-            ax.plot(xs, mean, marker="o", label=model)
-            if len(runs) > 1:
-                sd = np.nanstd(acc, axis=0, ddof=1)
-                ax.fill_between(xs, mean - sd, mean + sd, alpha=0.15)
-            ax.set_xticks(xs, [str(k) for k in ks])
+            for axis, field in ((ax, "accuracy"), (gx, "gain_vs_k0")):
+                vals = np.array([[curve_value(r["models"][model][key], k, field) for k in ks] for r in runs]) * 100
+                mean = np.nanmean(vals, axis=0)
+                line, = axis.plot(xs, mean, marker="o", label=model)
+                if len(runs) > 1:
+                    sd = np.nanstd(vals, axis=0, ddof=1)
+                    axis.fill_between(xs, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
+                axis.set_xticks(xs, [str(k) for k in ks])
         ax.set_xlabel("support comparisons from the new user (k)")
-        ax.set_ylabel("query accuracy, % (macro over users)")
-        ax.set_title(f"{ds}: unseen users, {protocol} ({len(runs)} seed(s))")
-        ax.grid(alpha=0.3)
+        ax.set_ylabel("query accuracy, % (macro over users reaching k)")
+        ax.set_title(f"{ds}: unseen users, {protocol}")
+        gx.axhline(0, color="grey", lw=0.8)
+        gx.set_xlabel("support comparisons from the new user (k)")
+        gx.set_ylabel("gain over k=0, points (paired on the same users and draws)")
+        gx.set_title(f"personalization gain ({len(runs)} seed(s))")
+        for axis in (ax, gx):
+            axis.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
         path = out_dir / f"curves_{ds}.png"
