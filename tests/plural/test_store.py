@@ -1,0 +1,307 @@
+"""Tests for plural.store: a persistent FAISS index of user vectors."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import faiss
+import numpy as np
+import pytest
+
+from plural.store import StoreError, UserStore, model_fingerprint
+
+D = 16
+KINDS = ["flat", "hnsw"]
+
+
+def _data(n=500, d=D, seed=0):
+    rng = np.random.default_rng(seed)
+    return [f"u{i}" for i in range(n)], rng.standard_normal((n, d)).astype(np.float32)
+
+
+def _store(kind, n=500, **kw):
+    ids, x = _data(n)
+    store = UserStore(D, index=kind, **kw)
+    store.add(ids, x)
+    return store, ids, x
+
+
+def _assert_same(a: UserStore, b: UserStore, queries):
+    assert a.user_ids == b.user_ids
+    np.testing.assert_array_equal(a.get(a.user_ids), b.get(b.user_ids))
+    assert [a.metadata(u) for u in a.user_ids] == [b.metadata(u) for u in b.user_ids]
+    ids_a, dist_a = a.search(queries, 10)
+    ids_b, dist_b = b.search(queries, 10)
+    assert ids_a == ids_b
+    np.testing.assert_array_equal(dist_a, dist_b)
+
+
+# ---------------------------------------------------------------------- add / get / search
+@pytest.mark.parametrize("kind", KINDS)
+def test_add_get_search_returns_string_ids(kind):
+    store, ids, x = _store(kind, n=200)
+    assert len(store) == 200 and "u5" in store and "nobody" not in store
+    np.testing.assert_array_equal(store.get(["u3", "u7"]), x[[3, 7]])
+    found, dist = store.search(x[:5], k=3)
+    assert dist.shape == (5, 3) and dist.dtype == np.float32
+    assert [row[0] for row in found] == ids[:5]  # each vector is its own nearest neighbour
+    assert all(isinstance(u, str) for row in found for u in row)
+    np.testing.assert_allclose(dist[:, 0], 0.0, atol=1e-5)
+
+
+def test_auto_picks_flat_small_hnsw_large():
+    assert UserStore(D).index_kind == "flat"
+    assert UserStore(D, expected_size=49_999).index_kind == "flat"
+    assert UserStore(D, expected_size=50_000).index_kind == "hnsw"
+    assert UserStore(D, expected_size=10, index="hnsw").index_kind == "hnsw"
+
+
+def test_hnsw_recall_against_flat():
+    flat, _, _ = _store("flat")
+    hnsw, _, _ = _store("hnsw")
+    queries = np.random.default_rng(1).standard_normal((50, D)).astype(np.float32)
+    exact, _ = flat.search(queries, 10)
+    approx, _ = hnsw.search(queries, 10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_store_returns_fewer_than_k(kind):
+    store = UserStore(D, index=kind)
+    empty_ids, empty_dist = store.search(np.zeros((2, D)), k=5)
+    assert empty_ids == [[], []] and empty_dist.shape == (2, 0)
+    store.add(["a", "b"], np.eye(D)[:2])
+    found, dist = store.search(np.eye(D)[:1], k=5)
+    assert found == [["a", "b"]] and dist.shape == (1, 2)
+
+
+def test_inner_product_metric_ranks_by_similarity():
+    store = UserStore(4, metric="ip")
+    store.add(["small", "big"], [[1, 0, 0, 0], [3, 0, 0, 0]])
+    found, dist = store.search([[1, 0, 0, 0]], k=2)
+    assert found == [["big", "small"]]
+    np.testing.assert_allclose(dist, [[3.0, 1.0]])
+
+
+# ---------------------------------------------------------------------- writes
+@pytest.mark.parametrize("kind", KINDS)
+def test_remove_then_readd(kind):
+    store, ids, x = _store(kind, n=100)
+    store.remove(["u0"])
+    assert "u0" not in store and len(store) == 99
+    with pytest.raises(KeyError, match="u0"):
+        store.get(["u0"])
+    found, _ = store.search(x[:20], k=10)
+    assert all("u0" not in row for row in found)
+    store.add(["u0"], x[0])
+    assert len(store) == 100
+    assert store.search(x[:1], k=1)[0] == [["u0"]]
+    np.testing.assert_array_equal(store.get("u0"), x[:1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_update_changes_vector_and_search(kind):
+    store, ids, x = _store(kind, n=100)
+    before = store.metadata("u1")["updated_at"]
+    target = x[50] + 1e-3
+    store.update(["u1"], target[None])
+    np.testing.assert_array_equal(store.get("u1")[0], target)
+    found, _ = store.search(x[50:51], k=2)
+    assert set(found[0]) == {"u1", "u50"}
+    assert store.search(x[1:2], k=1)[0] != [["u1"]]  # the old vector is gone
+    assert store.metadata("u1")["updated_at"] >= before
+    assert len(store) == 100
+
+
+def test_tombstones_filtered_and_rebuilt_automatically():
+    store, ids, x = _store("hnsw", n=50)
+    store.remove(ids[:5])
+    assert len(store._tombstones) == 5
+    found, _ = store.search(x, k=50)
+    assert all(len(row) == 45 and not set(row) & set(ids[:5]) for row in found)
+    store.remove(ids[5:15])  # 15 tombstones > 20% of 50 -> rebuilt
+    assert not store._tombstones and store._index.ntotal == 35
+    found, _ = store.search(x[20:21], k=1)
+    assert found == [["u20"]]
+
+
+def test_upsert_and_metadata():
+    store = UserStore(4)
+    store.add(["a"], np.ones((1, 4)), metadata=[{"n_comparisons": 7, "source": "survey"}])
+    meta = store.metadata("a")
+    assert meta["n_comparisons"] == 7 and meta["source"] == "survey" and "updated_at" in meta
+    store.upsert(["a", "b"], np.zeros((2, 4)))
+    assert len(store) == 2 and store.metadata("a")["source"] == "survey"
+    assert store.metadata("b")["n_comparisons"] == 0
+    np.testing.assert_array_equal(store.get(["a"]), np.zeros((1, 4)))
+
+
+# ---------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_clear_errors():
+    store = UserStore(4)
+    store.add(["a"], np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        store.add(["b"], np.ones((1, 5)))
+    with pytest.raises(ValueError, match=r"shape \(n, 4\)"):
+        store.search(np.ones((1, 3)), k=1)
+    bad = np.ones((3, 4))
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="row 2"):
+        store.add(["b", "c", "d"], bad)
+    with pytest.raises(ValueError, match="row 0"):
+        store.search([[np.inf, 0, 0, 0]], k=1)
+    with pytest.raises(ValueError, match="already"):
+        store.add(["a"], np.ones((1, 4)))
+    with pytest.raises(KeyError, match="ghost"):
+        store.update(["ghost"], np.ones((1, 4)))
+    with pytest.raises(KeyError, match="ghost"):
+        store.remove(["ghost"])
+    with pytest.raises(KeyError, match="ghost"):
+        store.metadata("ghost")
+    with pytest.raises(ValueError, match="2 user ids but 1 vectors"):
+        store.add(["x", "y"], np.ones((1, 4)))
+    with pytest.raises(ValueError, match="twice"):
+        store.add(["x", "x"], np.ones((2, 4)))
+    assert len(store) == 1  # nothing half-written
+
+
+# ---------------------------------------------------------------------- persistence
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip_is_exact(tmp_path, kind):
+    store, ids, x = _store(kind, n=100, model_fingerprint="fp1")
+    store.remove(["u3"])  # leaves a tombstone for hnsw
+    store.update(["u4"], np.zeros((1, D)), metadata=[{"n_comparisons": 12}])
+    store.save(tmp_path / "s")
+    loaded = UserStore.load(tmp_path / "s", expected_fingerprint="fp1", expected_dim=D)
+    assert loaded.index_kind == kind and loaded.model_fingerprint == "fp1"
+    _assert_same(store, loaded, x[:20])
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["count"] == 99 and manifest["dim"] == D and manifest["index"] == kind
+    loaded.add(["u3"], x[3])  # keeps working after load, no id clash
+    assert loaded.search(x[3:4], k=1)[0] == [["u3"]]
+
+
+def test_failed_write_during_second_save_leaves_first(tmp_path, monkeypatch):
+    store, ids, x = _store("flat", n=30)
+    store.save(tmp_path / "s")
+    first = UserStore.load(tmp_path / "s")
+    store.add(["new"], np.ones((1, D)))
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", boom)
+    with pytest.raises(OSError, match="disk full"):
+        store.save(tmp_path / "s")
+    _assert_same(first, UserStore.load(tmp_path / "s"), x[:5])
+    assert sorted(os.listdir(tmp_path)) == ["s"]  # no temp dirs left behind
+
+
+def test_crash_between_swaps_leaves_previous_loadable(tmp_path, monkeypatch):
+    store, ids, x = _store("flat", n=30)
+    store.save(tmp_path / "s")
+    first = UserStore.load(tmp_path / "s")
+    store.add(["new"], np.ones((1, D)))
+    real_replace = os.replace
+    calls = []
+
+    def crash_after_moving_aside(src, dst):
+        calls.append(dst)
+        if len(calls) >= 2:  # the old dir is aside; the new one never arrives, nor can it be restored
+            raise OSError("power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_after_moving_aside)
+    with pytest.raises(OSError, match="power cut"):
+        store.save(tmp_path / "s")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (tmp_path / "s").exists()
+    _assert_same(first, UserStore.load(tmp_path / "s"), x[:5])
+    store.save(tmp_path / "s")  # the next save recovers
+    assert "new" in UserStore.load(tmp_path / "s")
+
+
+def test_corrupt_or_mismatched_saves_raise_value_errors(tmp_path):
+    store, ids, x = _store("flat", n=10, model_fingerprint="fp1")
+    path = store.save(tmp_path / "s")
+    with pytest.raises(ValueError, match="'fp1'.*'fp2'"):
+        UserStore.load(path, expected_fingerprint="fp2")
+    with pytest.raises(ValueError, match="16-d.*8-d"):
+        UserStore.load(path, expected_dim=8)
+    manifest_file = path / "manifest.json"
+    good = json.loads(manifest_file.read_text())
+    manifest_file.write_text("{not json")
+    with pytest.raises(StoreError, match="corrupt"):
+        UserStore.load(path)
+    manifest_file.write_text(json.dumps({**good, "format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99"):
+        UserStore.load(path)
+    manifest_file.write_text(json.dumps({k: v for k, v in good.items() if k != "dim"}))
+    with pytest.raises(ValueError, match="missing keys.*dim"):
+        UserStore.load(path)
+    manifest_file.write_text(json.dumps({**good, "count": 11}))
+    with pytest.raises(ValueError, match="inconsistent"):
+        UserStore.load(path)
+    with pytest.raises(ValueError, match="no manifest"):
+        UserStore.load(tmp_path / "elsewhere")
+
+
+def test_vectors_are_loaded_without_pickle(tmp_path):
+    store, _, _ = _store("flat", n=5)
+    path = store.save(tmp_path / "s")
+    np.save(path / "vectors.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError):
+        UserStore.load(path)
+
+
+# ---------------------------------------------------------------------- threads
+@pytest.mark.parametrize("kind", KINDS)
+def test_concurrent_searches_and_adds(kind):
+    store, ids, x = _store(kind, n=50)
+    errors = []
+
+    def work(t):
+        try:
+            rng = np.random.default_rng(t)
+            for j in range(25):
+                store.add([f"t{t}-{j}"], rng.standard_normal((1, D)))
+                found, _ = store.search(rng.standard_normal((2, D)), k=5)
+                assert all(len(row) == 5 for row in found)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(store) == 50 + 4 * 25
+
+
+# ---------------------------------------------------------------------- fingerprint
+def test_model_fingerprint_differs_between_seeds_and_is_stable():
+    import torch
+
+    from plural.model import make_model
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return make_model("bradley_terry", hidden_dim=4).build(8, ["u"], ["i"])
+
+    a, b = tiny(0), tiny(1)
+    fp = model_fingerprint(a)
+    assert len(fp) == 64 and fp == model_fingerprint(a)
+    assert fp == model_fingerprint(tiny(0))
+    assert fp != model_fingerprint(b)
+
+
+def test_gpu_defaults_off_without_gpu_and_asking_for_one_names_the_extra():
+    if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:
+        pytest.skip("a GPU is visible")
+    assert UserStore(4).use_gpu is False
+    with pytest.raises(ImportError, match=r"plural\[gpu\]"):
+        UserStore(4, use_gpu=True)
