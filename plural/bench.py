@@ -53,6 +53,9 @@ class BenchConfig:
     """Also report the random (non item-disjoint) episodes, labelled as such."""
     model_options: dict = dataclasses.field(default_factory=dict)
     """Per-model config overrides, ``{"low_rank": {"n_components": 8}}``."""
+    retrieval: bool = True
+    """Also score latent-user models adapted through the user store (``plural.adapt.personalize``),
+    reported as ``<model>+store``."""
 
 
 SYNTHETIC = ("synthetic_mixture", "synthetic_noisy", "synthetic_length")
@@ -135,11 +138,19 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
             key = "unseen_item_disjoint" if m == "items" else (
                 "unseen_random" if mode == "items" else "unseen_pair_protocol")
             entry[key] = few_shot_curve(model, data, eps, config.ks)
+        out["models"][name] = entry
+        from plural.adapt import build_user_store, personalize_fn, supports_retrieval
+
+        if config.retrieval and mode == "items" and supports_retrieval(model):
+            store = build_user_store(model)
+            out["models"][f"{name}+store"] = {
+                "seen_test": entry["seen_test"], "fit": entry["fit"],
+                "unseen_item_disjoint": few_shot_curve(model, data, episodes["items"], config.ks,
+                                                       adapt_fn=personalize_fn(store))}
         extra = {k: getattr(model, k) for k in ("noise_rate_",) if hasattr(model, k)}
         if hasattr(model, "active_units"):
             extra["active_units"] = int(model.active_units())
         entry.update({k: float(v) for k, v in extra.items()})
-        out["models"][name] = entry
         first = next(k for k in entry if k.startswith("unseen_"))
         logger.info("%s seed %d %s: seen test %.3f; unseen %s", data.name, seed, name,
                     entry["seen_test"]["accuracy"],
@@ -204,6 +215,8 @@ def markdown_table(record: dict, ks: Sequence[int] | None = None) -> str:
             lines += ["", "Random split (support and query may share items; overstates personalization):", "",
                       "| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
             for model in runs[0]["models"]:
+                if "unseen_random" not in runs[0]["models"][model]:
+                    continue
                 entries = [r["models"][model]["unseen_random"] for r in runs]
                 lines.append(f"| {model} | " + " | ".join(_curve_cell(entries, k) for k in ks) + " |")
         lines.append("")

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from plural.adapt import build_user_store, neighbours_table, personalize, personalize_fn
+from plural.batch import comparison_batch
+from plural.data.splits import make_episodes, split_comparisons, split_users
+from plural.data.synthetic import make_mixture
+from plural.fewshot import curve_value, few_shot_curve
+from plural.model import make_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    syn = make_mixture(n_types=2, n_users=100, n_items=150, dim=16, comparisons_per_user=80,
+                       type_weights=[0.5, 0.5], scale=12.0, shared_weight=0.2, random_state=3)
+    data = syn.data
+    seen, unseen = split_users(data, 0.25, random_state=0)
+    split = split_comparisons(data, seen, mode="comparisons", random_state=0)
+    model = make_model("low_rank", hidden_dim=32, n_components=2, item_dim=8).fit(
+        data, train_rows=split.train, val_rows=split.val, max_epochs=25, batch_size=128, show_progress=False)
+    episodes = make_episodes(data, unseen, n_draws=2, min_query=10, random_state=0)
+    return syn, data, model, episodes
+
+
+def test_store_holds_the_training_users(setup):
+    _, _, model, _ = setup
+    store = build_user_store(model)
+    assert len(store) == len(model.user_ids_)
+    np.testing.assert_allclose(store.get(model.user_ids_[:3]), model.user_states()[:3].numpy(), rtol=1e-6)
+
+
+def test_retrieval_prior_helps_at_small_k_and_matches_at_large_k(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    plain = few_shot_curve(model, data, episodes, ks=(0, 1, 2, 20))
+    retrieved = few_shot_curve(model, data, episodes, ks=(0, 1, 2, 20), adapt_fn=personalize_fn(store))
+    gain_small = np.mean([curve_value(retrieved, k) - curve_value(plain, k) for k in (1, 2)])
+    assert gain_small > 0.0, (plain["curve"], retrieved["curve"])
+    assert abs(curve_value(retrieved, 20) - curve_value(plain, 20)) < 0.03
+    assert curve_value(retrieved, 0) == pytest.approx(curve_value(plain, 0))
+
+
+def test_neighbours_share_the_new_users_type(setup):
+    syn, data, model, episodes = setup
+    store = build_user_store(model)
+    type_of = {data.user_ids[u]: t for u, t in enumerate(syn.user_type)}
+    agree = []
+    for ep in episodes[:20]:
+        support = comparison_batch(data, ep.support(10), model)
+        top = neighbours_table(model, store, support, n=5)
+        agree += [type_of[uid] == syn.user_type[ep.user] for uid, _ in top]
+    assert np.mean(agree) > 0.7
+
+
+def test_bad_arguments_and_fallbacks(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    with pytest.raises(ValueError, match="shrinkage"):
+        personalize(model, store, None, shrinkage=2)
+    state = personalize(model, store, None)
+    assert torch.allclose(state.vector, model.population_state().vector)
+    bt = make_model("bradley_terry", hidden_dim=8).fit(data, max_epochs=1, show_progress=False)
+    with pytest.raises(ValueError, match="no user vectors"):
+        build_user_store(bt)
+    assert personalize(bt, store, comparison_batch(data, episodes[0].support(3), bt)).vector.numel() == 0
