@@ -101,14 +101,47 @@ def demo(
                   f"seen-user test accuracy {100 * res['seen_test']['accuracy']:.1f}%")
     table = Table(title=f"unseen users of {personal_data}: query accuracy before and after 10 of their "
                         f"comparisons (item-disjoint)")
-    for col in ("k", "users", "accuracy", "gain vs k=0 (95% CI)", "adapt ms (median)"):
+    for col in ("adaptation", "k", "users", "accuracy", "gain vs k=0 (95% CI)", "adapt ms (median)"):
         table.add_column(col, justify="right")
-    for row in res["curve"]["curve"]:
-        ci = row.get("gain_ci95", [float("nan")] * 2)
-        table.add_row(str(row["k"]), str(row["n_users"]), f"{100 * row['accuracy']:.1f}%",
-                      f"{100 * row.get('gain_vs_k0', 0):+.1f} ({100 * ci[0]:+.1f}, {100 * ci[1]:+.1f})",
-                      f"{row['adapt_ms_median']:.2f}")
+    curves = [("adapt", res["curve"])] + ([("personalize + store", res["curve_store"])] if "store" in res else [])
+    for label, curve in curves:
+        for row in curve["curve"]:
+            ci = row.get("gain_ci95", [float("nan")] * 2)
+            table.add_row(label, str(row["k"]), str(row["n_users"]), f"{100 * row['accuracy']:.1f}%",
+                          f"{100 * row.get('gain_vs_k0', 0):+.1f} ({100 * ci[0]:+.1f}, {100 * ci[1]:+.1f})",
+                          f"{row['adapt_ms_median']:.2f}")
     console.print(table)
+    if "store" in res:
+        _show_one_user(res)
+
+
+def _show_one_user(res: dict) -> None:
+    """Personalize one unseen user through the store; print neighbours and recommendations."""
+    import numpy as np
+    import torch
+
+    from plural.adapt import personalize
+    from plural.batch import comparison_batch
+    from plural.scoring import score_items
+
+    model, data, store = res["model"], res["data"], res["store"]
+    ep = max(res["episodes"], key=lambda e: len(e.support_pool))
+    support = comparison_batch(data, ep.support(min(10, len(ep.support_pool))), model)
+    state, neighbours = personalize(model, store, support, return_neighbors=True)
+    user = data.user_ids[ep.user]
+    console.print(f"[bold]user {user}[/]: 10 comparisons; posterior sd "
+                  f"{float(torch.diagonal(state.covariance).sqrt().mean()):.3f} (prior "
+                  f"{float(torch.diagonal(model.population_state().covariance).sqrt().mean()):.3f})")
+    console.print("nearest stored users (weight): " + ", ".join(
+        f"{uid} ({w:.2f})" for uid, w in sorted(neighbours, key=lambda t: -t[1])[:5]))
+    judged = set(data.items_of(data.rows_by_user()[ep.user]).tolist())
+    group = user.split("/")[0] + "/" if "/" in user else ""  # Polis: the user's own conversation
+    scores = score_items(model, data, state)
+    candidates = [i for i in np.argsort(-scores) if i not in judged and data.item_ids[i].startswith(group)]
+    console.print(f"top recommendations for them {('in ' + group[:-1]) if group else ''} among items "
+                  "they have not judged:")
+    for i in candidates[:5]:
+        console.print(f"  {scores[i]:+.2f}  {str(data.item_text[i])[:100]}")
 
 
 @app.command()

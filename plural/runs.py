@@ -122,8 +122,14 @@ def personalization_run(dataset: str, model_name: str, *, ks: tuple[int, ...] = 
         unseen = np.sort(np.random.default_rng(random_state).choice(unseen, max_unseen_users, replace=False))
     episodes = make_episodes(data, unseen, mode=mode, n_draws=1, random_state=random_state)
     curve = few_shot_curve(model, data, episodes, ks)
-    return {"dataset": dataset, "model": model, "data": data, "split_mode": mode, "curve": curve,
-            "seen_test": evaluate(model, data, split.test), "fit_report": model.fit_report_}
+    out = {"dataset": dataset, "model": model, "data": data, "split_mode": mode, "curve": curve,
+           "episodes": episodes, "seen_test": evaluate(model, data, split.test), "fit_report": model.fit_report_}
+    from plural.adapt import build_user_store, personalize_fn, supports_retrieval
+
+    if supports_retrieval(model):
+        out["store"] = build_user_store(model)
+        out["curve_store"] = few_shot_curve(model, data, episodes, ks, adapt_fn=personalize_fn(out["store"]))
+    return out
 
 
 def _jsonable(meta: dict) -> dict:
