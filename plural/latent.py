@@ -70,12 +70,14 @@ class LatentConfig(ModelConfig):
 def inference(module: nn.Module):
     """Eval mode and no gradients, restoring the previous mode afterwards."""
     was_training = module.training
-    module.eval()
+    if was_training:  # train()/eval() walk every submodule: skip it on the hot path when already in eval
+        module.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        module.train(was_training)
+        if was_training:
+            module.train(True)
 
 
 class LatentUserModel(PreferenceModel):
