@@ -82,7 +82,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
             state = model.adapt(support)
             return (state, []) if return_neighbors else state
         vectors = torch.from_numpy(store.get(ids[0])).double().to(model.device)
-        loglik = torch.stack([_log_likelihood(fn, v, label, weight) for v in vectors])
+        loglik = _neighbour_log_likelihood(model, batch, vectors, label, weight)
         w = torch.softmax(loglik, dim=0)
         mean = w @ vectors
         centred = vectors - mean
@@ -99,11 +99,17 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     return state
 
 
-def _log_likelihood(fn, u: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    m, _ = fn(u)
-    logp = torch.nn.functional.logsigmoid(m)
-    logq = torch.nn.functional.logsigmoid(-m)
-    return (weight * (label * logp + (1 - label) * logq)).sum()
+def _neighbour_log_likelihood(model: LatentUserModel, batch: dict, vectors: torch.Tensor, label: torch.Tensor,
+                              weight: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` support log-likelihood under each of ``vectors (N, K)``, in one broadcast pass."""
+    phi_a, bias_a = model.items(batch["features_a"], batch["item_a"])
+    phi_b, bias_b = model.items(batch["features_b"], batch["item_b"])
+    ctx = batch.get("context")
+    u = vectors.to(phi_a.dtype).unsqueeze(1)  # (N, 1, K) against (1, k, h)
+    m = (model.score(phi_a.unsqueeze(0), bias_a.unsqueeze(0), u, ctx)
+         - model.score(phi_b.unsqueeze(0), bias_b.unsqueeze(0), u, ctx)).double()
+    logp, logq = torch.nn.functional.logsigmoid(m), torch.nn.functional.logsigmoid(-m)
+    return (weight * (label * logp + (1 - label) * logq)).sum(dim=1)
 
 
 def personalize_fn(store: UserStore, **options):

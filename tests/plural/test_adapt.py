@@ -64,3 +64,14 @@ def test_bad_arguments_and_fallbacks(setup):
     with pytest.raises(ValueError, match="no user vectors"):
         build_user_store(bt)
     assert personalize(bt, store, comparison_batch(data, episodes[0].support(3), bt)).vector.numel() == 0
+
+
+def test_ideal_point_goes_through_the_store_too(setup):
+    _, data, _, episodes = setup
+    model = make_model("ideal_point", hidden_dim=16, n_components=2, item_dim=4).fit(
+        data, max_epochs=3, show_progress=False)
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    state, neighbours = personalize(model, store, support, n_neighbors=8, return_neighbors=True)
+    assert state.vector.shape == (2,) and state.covariance.shape == (2, 2)
+    assert len(neighbours) == 8 and sum(w for _, w in neighbours) == pytest.approx(1.0)
