@@ -129,9 +129,11 @@ def _show_one_user(res: dict) -> None:
     support = comparison_batch(data, ep.support(min(10, len(ep.support_pool))), model)
     state, neighbours = personalize(model, store, support, return_neighbors=True)
     user = data.user_ids[ep.user]
-    console.print(f"[bold]user {user}[/]: 10 comparisons; posterior sd "
-                  f"{float(torch.diagonal(state.covariance).sqrt().mean()):.3f} (prior "
-                  f"{float(torch.diagonal(model.population_state().covariance).sqrt().mean()):.3f})")
+    plain = model.adapt(support)
+    console.print(f"[bold]user {user}[/]: 10 comparisons; mean posterior sd of their user vector "
+                  f"{float(torch.diagonal(plain.covariance).sqrt().mean()):.3f} (population prior "
+                  f"{float(torch.diagonal(model.population_state().covariance).sqrt().mean()):.3f}; through "
+                  f"the store {float(torch.diagonal(state.covariance).sqrt().mean()):.3f})")
     console.print("nearest stored users (weight): " + ", ".join(
         f"{uid} ({w:.2f})" for uid, w in sorted(neighbours, key=lambda t: -t[1])[:5]))
     judged = set(data.items_of(data.rows_by_user()[ep.user]).tolist())
