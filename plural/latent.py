@@ -172,7 +172,23 @@ class LatentUserModel(PreferenceModel):
 
     def prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (K,), covariance (K, K))`` of a new user's vector: zero mean (a new user starts at
-        the population reward) and the empirical second moment of the trained users' vectors."""
+        the population reward) and the empirical second moment of the trained users' vectors. Cached
+        until the user vectors or the prior's config change (every ``adapt`` call reads it)."""
+        return self._prior_and_precision()[:2]
+
+    def _prior_and_precision(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        weight = self.user_embedding.weight
+        key = (weight._version, weight.data_ptr(), str(weight.device), self.config.prior_scale,
+               self.config.prior_floor, self.config.user_l2)
+        cached = getattr(self, "_prior_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        mean, cov = self._empirical_prior()
+        value = (mean, cov, torch.linalg.inv(cov))
+        self._prior_cache = (key, value)
+        return value
+
+    def _empirical_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         u = self.user_states().double()
         k = self.user_dim
         if len(u) < 2:
@@ -193,8 +209,9 @@ class LatentUserModel(PreferenceModel):
         self.check_is_fitted()
         if prior is not None and prior.covariance is not None:
             mean, cov = prior.vector.double().to(self.device), prior.covariance.double().to(self.device)
+            precision = torch.linalg.inv(cov)
         else:
-            mean, cov = self.prior()
+            mean, cov, precision = self._prior_and_precision()
             if prior is not None:
                 mean = prior.vector.double().to(self.device)
         n = 0 if support is None else int(len(support["label"]))
@@ -204,7 +221,7 @@ class LatentUserModel(PreferenceModel):
         with inference(self):
             fn = self._support_margins({k: v.to(self.device) for k, v in support.items()})
             u, post_cov = gauss_newton_map(
-                fn, support["label"].to(self.device), mean, torch.linalg.inv(cov),
+                fn, support["label"].to(self.device), mean, precision,
                 weight=support["weight"].to(self.device), n_steps=self.config.adapt_steps,
                 noise_rate=self.config.noise_rate)
         return UserState(vector=u.float().cpu(), covariance=post_cov.float().cpu(), n_comparisons=n)

@@ -138,3 +138,19 @@ def test_adapt_is_deterministic(fitted, planted):
         batch = comparison_batch(data, episodes[0].support(5), fitted[name])
         a, b = fitted[name].adapt(batch), fitted[name].adapt(batch)
         assert torch.equal(a.vector, b.vector)
+
+
+def test_adaptation_prior_follows_the_user_vectors(fitted):
+    model = fitted["low_rank"]
+    before = model.prior()[1].clone()
+    assert model.prior()[1] is model.prior()[1]  # cached between adapt calls
+    with torch.no_grad():
+        saved = model.user_embedding.weight.clone()
+        model.user_embedding.weight.mul_(2.0)
+    try:
+        assert torch.allclose(model.prior()[1] - model.config.prior_floor * torch.eye(model.user_dim, dtype=torch.float64),
+                              4 * (before - model.config.prior_floor * torch.eye(model.user_dim, dtype=torch.float64)))
+    finally:
+        with torch.no_grad():
+            model.user_embedding.weight.copy_(saved)
+    assert torch.allclose(model.prior()[1], before)
