@@ -52,10 +52,6 @@ def train(
 
     _quiet_lightning()
     start = time.perf_counter()
-    with console.status(f"loading {data} and encoding items (cached after the first run)"):
-        from plural.runs import load_dataset
-
-        load_dataset(data)  # fail fast on a bad name before training starts
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
                        split_mode=split, devices=_int_or_str(devices), strategy=strategy,
                        precision=precision)

@@ -13,14 +13,15 @@ import dataclasses
 import json
 import logging
 import platform
+import resource
 import subprocess
 import time
-import tracemalloc
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from plural.adapt import build_user_store, personalize_fn, supports_retrieval
 from plural.data.container import PreferenceData
 from plural.data.splits import DEFAULT_SHOTS, make_episodes, split_comparisons, split_users
 from plural.evaluation import evaluate
@@ -68,7 +69,7 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) ->
     or a path to a user's file (``plural.data.converters.from_file``). ``quick`` shrinks the
     synthetic sets for tests."""
     from plural.data import synthetic
-    from plural.encoders import encode_items
+    from plural.encoders import encode_items, ensure_features
     from plural.runs import load_dataset
 
     if name in ("synthetic_mixture", "synthetic_noisy"):
@@ -90,7 +91,13 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) ->
         data.name = name
         return encode_items(data)
     data = load_dataset(name)
-    return data if data.item_features is not None else encode_items(data)
+    return ensure_features(data)
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB), read for free; tracing
+    allocations instead would slow every training step."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _git_commit() -> str | None:
@@ -127,20 +134,15 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
            "n_episodes": {m: len(e) for m, e in episodes.items()}, "models": {}}
     for name in config.models:
         model = make_model(name, **config.model_options.get(name, {}))
-        tracemalloc.start()
         model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=config.max_epochs,
                   batch_size=config.batch_size, random_state=seed, show_progress=show_progress)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
         entry = {"seen_test": evaluate(model, data, split.test), "fit": model.fit_report_,
-                 "peak_python_memory_mb": peak / 2**20}
+                 "peak_rss_mb_so_far": _peak_rss_mb()}
         for m, eps in episodes.items():
             key = "unseen_item_disjoint" if m == "items" else (
                 "unseen_random" if mode == "items" else "unseen_pair_protocol")
             entry[key] = few_shot_curve(model, data, eps, config.ks)
         out["models"][name] = entry
-        from plural.adapt import build_user_store, personalize_fn, supports_retrieval
-
         if config.retrieval and mode == "items" and supports_retrieval(model):
             store = build_user_store(model)
             out["models"][f"{name}+store"] = {

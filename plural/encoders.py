@@ -44,6 +44,7 @@ __all__ = [
     "default_model_path",
     "encode_contexts",
     "encode_items",
+    "ensure_features",
     "model_key",
 ]
 
@@ -437,6 +438,12 @@ class FeatureEncoder:
             except KeyError:
                 raise ValueError(f"unknown item id {str(item)!r} at position {pos}") from None
         return np.ascontiguousarray(self.features[rows])
+
+
+def ensure_features(data: PreferenceData,
+                    encoder: TextEncoder | FeatureEncoder | None = None) -> PreferenceData:
+    """``data`` itself when its items already carry features, else :func:`encode_items`."""
+    return data if data.item_features is not None else encode_items(data, encoder)
 
 
 def encode_items(data: PreferenceData,

@@ -91,8 +91,7 @@ class LatentUserModel(PreferenceModel):
 
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
-        self.items = HybridItems(feature_dim, len(self.item_ids_), cfg.item_dim, cfg.hidden_dim,
-                                 cfg.dropout, cfg.use_identity)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
         n_users = len(self.user_ids_)
         self.user_embedding = nn.Embedding(n_users + 1, self.user_dim, padding_idx=n_users)
         nn.init.normal_(self.user_embedding.weight, std=0.01)

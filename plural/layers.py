@@ -42,6 +42,11 @@ class HybridItems(nn.Module):
             nn.init.zeros_(self.item_embedding.weight)
             nn.init.zeros_(self.item_bias.weight)
 
+    @classmethod
+    def from_config(cls, feature_dim: int, n_items: int, config) -> "HybridItems":
+        """Items as a latent-user config asks (``item_dim``, ``hidden_dim``, ``dropout``, ``use_identity``)."""
+        return cls(feature_dim, n_items, config.item_dim, config.hidden_dim, config.dropout, config.use_identity)
+
     def identity_penalty(self) -> torch.Tensor:
         """Sum of squares of the learned item embeddings and biases (their Gaussian prior)."""
         if not self.use_identity:

@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -121,6 +122,13 @@ class PreferenceModel(pl.LightningModule):
         self._context_index = {c: i for i, c in enumerate(self.context_ids_)}
         self._build(self.feature_dim_)
         return self
+
+    def build_for(self, data, train_rows) -> "PreferenceModel":
+        """:meth:`build` for a ``PreferenceData``: its feature dimension, the users with comparisons at
+        ``train_rows``, all its items and contexts."""
+        present = np.unique(data.user[train_rows])
+        contexts = () if data.context_ids is None else data.context_ids
+        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts)
 
     def _build(self, feature_dim: int) -> None:
         raise NotImplementedError

@@ -83,11 +83,9 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
         raise FileNotFoundError(f"{run_dir} is not a plural run (no {RUN_FILE}); train one with `plural train`")
     record = json.loads((run_dir / RUN_FILE).read_text())
     model = load_model(run_dir, record["model"])
-    data = load_dataset(record["dataset"])
-    if data.item_features is None:
-        from plural.encoders import encode_items
+    from plural.encoders import ensure_features
 
-        data = encode_items(data, encoder)
+    data = ensure_features(load_dataset(record["dataset"]), encoder)
     with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
         test, unseen = split["test"], split["unseen_users"]
     if len(test) and test.max() >= len(data):
@@ -106,12 +104,10 @@ def personalization_run(dataset: str, model_name: str, *, ks: tuple[int, ...] = 
     """Fit ``model_name`` on the seen users of ``dataset`` and measure, for unseen users, query
     accuracy after k of their comparisons (item-disjoint support and query, ``PROTOCOL.md``)."""
     from plural.data.splits import make_episodes
-    from plural.encoders import encode_items
+    from plural.encoders import ensure_features
     from plural.fewshot import few_shot_curve
 
-    data = load_dataset(dataset)
-    if data.item_features is None:
-        data = encode_items(data)
+    data = ensure_features(load_dataset(dataset))
     mode = default_split_mode(data)
     seen, unseen = split_users(data, 0.2, random_state)
     split = split_comparisons(data, seen, mode=mode, random_state=random_state)

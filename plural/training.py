@@ -76,16 +76,6 @@ class RestoreBestWeights(pl.Callback):
             pl_module.load_state_dict(self._best_state)
 
 
-def _ensure_features(data: PreferenceData, encoder) -> PreferenceData:
-    if data.item_features is not None:
-        return data
-    if data.item_text is None:
-        raise ValueError(f"{data.name}: items have neither features nor text to encode")
-    from plural.encoders import encode_items
-
-    return encode_items(data, encoder)
-
-
 def fit(
     model: PreferenceModel,
     data: PreferenceData,
@@ -125,7 +115,9 @@ def fit(
     """
     if not isinstance(data, PreferenceData):
         raise TypeError(f"data must be a PreferenceData, got {type(data).__name__}")
-    data = _ensure_features(data, encoder)
+    from plural.encoders import ensure_features
+
+    data = ensure_features(data, encoder)
     rng = np.random.default_rng(random_state)
     train_rows = np.arange(len(data)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
     if len(train_rows) == 0:
@@ -140,9 +132,7 @@ def fit(
 
     pl.seed_everything(random_state, workers=True, verbose=False)
     if not model.is_built:
-        present = np.unique(data.user[train_rows])
-        contexts = () if data.context_ids is None else data.context_ids
-        model.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts)
+        model.build_for(data, train_rows)
     elif model.feature_dim_ != data.feature_dim:
         raise ValueError(f"model was built for {model.feature_dim_}-d features, data has {data.feature_dim}")
 

@@ -133,8 +133,7 @@ class EMMixture(PreferenceModel):
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
         h, k = cfg.item_dim, cfg.n_components
-        self.items = HybridItems(feature_dim, len(self.item_ids_), h, cfg.hidden_dim, cfg.dropout,
-                                 cfg.use_identity)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
         self.population_weight = nn.Parameter(torch.randn(h) / h ** 0.5)
         self.head_offsets = nn.Parameter(cfg.head_init_scale * torch.randn(k, h) / h ** 0.5)
         self.register_buffer("responsibilities", torch.full((len(self.user_ids_), k), 1.0 / k))

@@ -43,16 +43,14 @@ class ItemWinRate(PreferenceModel):
 
     def fit(self, data, *, train_rows=None, encoder=None, **ignored) -> "ItemWinRate":
         """Count wins and losses over ``train_rows`` (closed form: no gradient training)."""
-        from plural.training import _ensure_features
+        from plural.encoders import ensure_features
 
         start = time.perf_counter()
-        data = _ensure_features(data, encoder)
+        data = ensure_features(data, encoder)
         rows = np.arange(len(data)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
         if len(rows) == 0:
             raise ValueError("no training comparisons")
-        present = np.unique(data.user[rows])
-        contexts = () if data.context_ids is None else data.context_ids
-        self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts)
+        self.build_for(data, rows)
         y, w = data.label[rows].astype(np.float64), data.weight[rows].astype(np.float64)
         n = len(self.item_ids_)
         wins = np.bincount(data.item_a[rows], y * w, n) + np.bincount(data.item_b[rows], (1 - y) * w, n)

@@ -219,8 +219,7 @@ class VPL(LatentUserModel):
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
         h, k = cfg.item_dim, cfg.n_components
-        self.items = HybridItems(feature_dim, len(self.item_ids_), h, cfg.hidden_dim, cfg.dropout,
-                                 cfg.use_identity)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
         self.population_weight = nn.Parameter(torch.randn(h) / h ** 0.5)
         self.personal_map = nn.Parameter(torch.randn(k, h) / h ** 0.5)
         self.encoder = SetEncoder(h, cfg.encoder_hidden, k, cfg.context_size, cfg.dropout)
