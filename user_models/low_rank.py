@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from plural.laplace import LinearMargins
 from plural.latent import LatentConfig, LatentUserModel
 from plural.model import register_model
 
@@ -42,10 +43,10 @@ class LowRank(LatentUserModel):
         w = self.population_weight + u @ self.basis.T
         return (phi * w).sum(-1) + bias
 
-    def _support_margins(self, support: dict):
-        phi_a, bias_a = self.items(support["features_a"], support["item_a"])
-        phi_b, bias_b = self.items(support["features_b"], support["item_b"])
-        delta = (phi_a - phi_b).double()
-        offset = delta @ self.population_weight.double() + (bias_a - bias_b).double()
-        jac = delta @ self.basis.double()
-        return lambda u: (offset + jac @ u, jac)
+    def _support_margins(self, support: dict) -> LinearMargins:
+        n = len(support["features_a"])  # both sides through the item layers in one pass
+        phi, bias = self.items(torch.cat([support["features_a"], support["features_b"]]),
+                               torch.cat([support["item_a"], support["item_b"]]))
+        delta = (phi[:n] - phi[n:]).double()
+        offset = delta @ self.population_weight.double() + (bias[:n] - bias[n:]).double()
+        return LinearMargins(delta @ self.basis.double(), offset)
