@@ -152,6 +152,7 @@ def bench(
     max_unseen_users: int = typer.Option(300, help="unseen users scored per dataset and seed (0: all)"),
     max_epochs: int = typer.Option(20),
     quick: bool = typer.Option(False, help="tiny synthetic data and few epochs (seconds)"),
+    jobs: int = typer.Option(1, help="worker processes, one (dataset, seed) run each at a time"),
 ) -> None:
     """Run the evaluation protocol over datasets x models x seeds and write a table and plots."""
     from plural.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
@@ -159,7 +160,8 @@ def bench(
     _quiet_lightning()
     names = [d.strip() for d in data.split(",") if d.strip()]
     config = BenchConfig(seeds=tuple(int(s) for s in seeds.split(",")),
-                         max_unseen_users=max_unseen_users or None, max_epochs=3 if quick else max_epochs)
+                         max_unseen_users=max_unseen_users or None, max_epochs=3 if quick else max_epochs,
+                         jobs=jobs)
     if models:
         config.models = tuple(m.strip() for m in models.split(","))
     start = time.perf_counter()

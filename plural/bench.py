@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import platform
 import resource
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Sequence
 
@@ -57,6 +60,15 @@ class BenchConfig:
     retrieval: bool = True
     """Also score latent-user models adapted through the user store (``plural.adapt.personalize``),
     reported as ``<model>+store``."""
+    jobs: int = 1
+    """Worker processes; each runs one (dataset, seed) at a time with ``cpu_count // jobs`` torch
+    threads. The models of one run are small, so processes scale better than threads."""
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs!r}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
 
 
 SYNTHETIC = ("synthetic_mixture", "synthetic_noisy", "synthetic_length")
@@ -162,24 +174,67 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
 
 def run_benchmark(datasets: dict[str, PreferenceData], config: BenchConfig, out_dir: str | Path | None = None,
                   show_progress: bool = False) -> dict:
-    """Run every dataset x seed x model; write ``results.json`` and ``results.md`` to ``out_dir``."""
+    """Run every dataset x seed x model; write ``results.json`` and ``results.md`` to ``out_dir``.
+
+    With ``config.jobs > 1`` the (dataset, seed) runs go to that many worker processes, largest
+    dataset first. Each finished run is also written to ``out_dir/partial/<dataset>-seed<s>.json`` as
+    soon as it ends, so a crash or an interrupt loses only the runs in flight."""
     start = time.perf_counter()
     record = {"commit": _git_commit(), "versions": _versions(), "config": dataclasses.asdict(config),
               "datasets": {}}
+    out_dir = None if out_dir is None else Path(out_dir)
+    units = sorted(((name, seed) for name in datasets for seed in config.seeds),
+                   key=lambda u: -datasets[u[0]].n_comparisons)
+    runs: dict[tuple[str, int], dict] = {}
+
+    def finished(unit: tuple[str, int], result: dict) -> None:
+        runs[unit] = result
+        if out_dir is not None:
+            partial = out_dir / "partial"
+            partial.mkdir(parents=True, exist_ok=True)
+            _write_atomic(partial / f"{unit[0]}-seed{unit[1]}.json", json.dumps(result, indent=2, default=float))
+        logger.info("bench: %s seed %d done after %.0fs", unit[0], unit[1], time.perf_counter() - start)
+
+    jobs = min(config.jobs, len(units))
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                                 initargs=(threads,)) as pool:
+            futures = {pool.submit(run_dataset, datasets[name], config, seed, False): (name, seed)
+                       for name, seed in units}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
+    else:
+        for name, seed in units:
+            finished((name, seed), run_dataset(datasets[name], config, seed, show_progress))
     for name, data in datasets.items():
         record["datasets"][name] = {"data": repr(data), "meta": {k: v for k, v in data.meta.items()
                                                                  if isinstance(v, (int, float, str))},
-                                    "runs": [run_dataset(data, config, s, show_progress) for s in config.seeds]}
+                                    "runs": [runs[(name, s)] for s in config.seeds]}
     record["seconds"] = time.perf_counter() - start
     if out_dir is not None:
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.json").write_text(json.dumps(record, indent=2, default=float))
-        (out_dir / "results.md").write_text(markdown_table(record))
+        _write_atomic(out_dir / "results.json", json.dumps(record, indent=2, default=float))
+        _write_atomic(out_dir / "results.md", markdown_table(record))
         from plural.plots import plot_few_shot_curves
 
         record["plots"] = [str(p) for p in plot_few_shot_curves(record, out_dir)]
     return record
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _mean_sd(values: list[float]) -> str:

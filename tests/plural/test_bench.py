@@ -21,3 +21,23 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
     assert table == markdown_table(record)
     png = tmp_path / "curves_synthetic_mixture.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_worker_processes_run_every_seed_and_keep_each_finished_run(tmp_path):
+    data = load_bench_dataset("synthetic_mixture", quick=True)
+    config = BenchConfig(models=("item_winrate", "bradley_terry"), ks=(0, 2), n_draws=1, max_epochs=1,
+                         max_unseen_users=4, seeds=(0, 1), jobs=2, random_split=False)
+    record = run_benchmark({"synthetic_mixture": data}, config, tmp_path)
+    runs = record["datasets"]["synthetic_mixture"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for seed in (0, 1):
+        partial = json.loads((tmp_path / "partial" / f"synthetic_mixture-seed{seed}.json").read_text())
+        assert partial["seed"] == seed and set(partial["models"]) == {"item_winrate", "bradley_terry"}
+    assert "±" in (tmp_path / "results.md").read_text()  # two seeds give a spread
+
+
+def test_bench_config_rejects_bad_jobs():
+    import pytest
+
+    with pytest.raises(ValueError, match="jobs"):
+        BenchConfig(jobs=0)
