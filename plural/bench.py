@@ -93,13 +93,14 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) ->
                                      random_state=random_state, **size)
         data = syn.data
         data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy(),
-                         true_flip_rate=float(syn.flipped.mean()))
+                         true_flip_rate=float(syn.flipped.mean()), type_oracle=synthetic.type_oracle(syn))
         data.name = name
         return data
     if name == "synthetic_length":
         syn = synthetic.make_length_preference(n_users=60 if quick else 300, random_state=random_state)
         data = syn.data
-        data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy())
+        data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy(),
+                         type_oracle=synthetic.type_oracle(syn))
         data.name = name
         return encode_items(data)
     data = load_dataset(name)
@@ -144,6 +145,10 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
     out = {"seed": seed, "split_mode": mode, "n_seen_users": int(len(seen)), "n_unseen_users": int(len(unseen)),
            "n_unseen_scored": int(len(scored)), "n_train": int(len(split.train)), "n_test": int(len(split.test)),
            "n_episodes": {m: len(e) for m, e in episodes.items()}, "models": {}}
+    if "type_oracle" in data.meta:  # the ceiling at each k: true type rewards, type inferred from support
+        from plural.data.synthetic import few_shot_oracle
+
+        out["few_shot_oracle"] = few_shot_oracle(data, episodes[mode], config.ks, data.meta["type_oracle"])
     for name in config.models:
         model = make_model(name, **config.model_options.get(name, {}))
         model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=config.max_epochs,
@@ -268,6 +273,11 @@ def markdown_table(record: dict, ks: Sequence[int] | None = None) -> str:
             lat = [curve_value(e[key], 10, "adapt_ms_median") for e in entries]
             cells.append(f"{np.nanmean(lat):.2f}" if not all(np.isnan(lat)) else "-")
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        if all("few_shot_oracle" in r for r in runs):
+            by_k = [{row["k"]: row["accuracy"] for row in r["few_shot_oracle"]} for r in runs]
+            cells = [_mean_sd([b.get(k, float("nan")) for b in by_k]) for k in ks]
+            lines.append("| *few-shot oracle: true type rewards, type inferred from the k labels* | - | "
+                         + " | ".join(cells) + " | - | - |")
         if "unseen_random" in runs[0]["models"][next(iter(runs[0]["models"]))]:
             lines += ["", "Random split (support and query may share items; overstates personalization):", "",
                       "| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]

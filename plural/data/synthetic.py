@@ -22,7 +22,7 @@ import numpy as np
 
 from plural.data.container import PreferenceData
 
-__all__ = ["SyntheticData", "make_length_preference", "make_low_rank", "make_mixture", "make_noisy",
+__all__ = ["SyntheticData", "few_shot_oracle", "type_oracle", "make_length_preference", "make_low_rank", "make_mixture", "make_noisy",
            "make_population"]
 
 _CHUNK = 8192  # rows per block when computing margins, to bound memory
@@ -153,6 +153,64 @@ def _flip(rng: np.random.Generator, label: np.ndarray,
     the rate, so under one seed a lower rate flips a subset of what a higher rate flips."""
     flipped = (rng.random(len(label)) < flip_rate) & (label != 0.5)
     return np.where(flipped, 1 - label, label).astype(np.float32), flipped
+
+
+def type_oracle(syn: SyntheticData) -> dict:
+    """The true per-type rewards of a generator with user types, for :func:`few_shot_oracle`:
+    ``{"weights": (T, d), "shares": (T,), "reward_features": (n_items, d), "flip_rate"}``."""
+    if syn.user_type is None:
+        raise ValueError("type_oracle needs user types; this data has none")
+    types = np.unique(syn.user_type)
+    weights = np.stack([syn.true_user_weights[np.flatnonzero(syn.user_type == t)[0]] for t in types])
+    shares = np.bincount(syn.user_type)[types] / len(syn.user_type)
+    return {"weights": weights.astype(np.float64), "shares": shares.astype(np.float64),
+            "reward_features": np.asarray(syn.reward_features, dtype=np.float64),
+            "flip_rate": float(syn.flipped.mean())}
+
+
+def few_shot_oracle(data: PreferenceData, episodes, ks, oracle: dict) -> list[dict]:
+    """The best accuracy any model can reach on few-shot episodes of a typed population: the Bayes
+    predictor that knows every type's true reward and the type shares, and infers a new user's type
+    from their k support labels (Bradley-Terry likelihood, with the realised flip rate).
+
+    At k=0 this is the share-weighted mixture of the type rewards; as k grows it approaches the
+    oracle accuracy (the user's own true reward). Averaged like :func:`plural.fewshot.few_shot_curve`
+    (episodes -> per-user mean -> mean over users), so the two can share a table.
+
+    Returns:
+        ``[{"k", "accuracy", "n_users"}, ...]``.
+    """
+    weights, features = oracle["weights"], oracle["reward_features"]
+    log_prior = np.log(np.maximum(oracle["shares"], 1e-300))
+    eps = float(oracle.get("flip_rate", 0.0))
+
+    def type_prob(rows: np.ndarray) -> np.ndarray:  # (n, T) P(a preferred) under each type
+        margin = (features[data.item_a[rows]] - features[data.item_b[rows]]) @ weights.T
+        return eps + (1 - 2 * eps) * 0.5 * (1.0 + np.tanh(0.5 * margin))
+
+    out = []
+    for k in ks:
+        per_user: dict[int, list[float]] = {}
+        for ep in episodes:
+            if k > len(ep.support_pool):
+                continue
+            logp = log_prior.copy()
+            if k:
+                rows = ep.support(k)
+                p, y = type_prob(rows), data.label[rows][:, None].astype(np.float64)
+                logp = logp + (y * np.log(p) + (1 - y) * np.log1p(-p)).sum(0)
+            post = np.exp(logp - logp.max())
+            post /= post.sum()
+            prob = type_prob(ep.query) @ post
+            y = data.label[ep.query]
+            decisive = y != 0.5
+            if decisive.any():
+                right = np.where(prob == 0.5, 0.5, ((prob > 0.5) == (y == 1)).astype(np.float64))
+                per_user.setdefault(ep.user, []).append(float(right[decisive].mean()))
+        if per_user:
+            out.append({"k": int(k), "accuracy": float(np.mean([np.mean(v) for v in per_user.values()])),
+                        "n_users": len(per_user)})
+    return out
 
 
 def _synthesize(rng: np.random.Generator, *, user_weights: np.ndarray, reward_features: np.ndarray,

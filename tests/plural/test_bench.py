@@ -41,3 +41,18 @@ def test_bench_config_rejects_bad_jobs():
 
     with pytest.raises(ValueError, match="jobs"):
         BenchConfig(jobs=0)
+
+
+def test_few_shot_oracle_rises_from_the_type_mixture_towards_the_oracle():
+    from plural.data.splits import make_episodes, split_users
+    from plural.data.synthetic import few_shot_oracle, make_mixture, type_oracle
+
+    syn = make_mixture(n_types=2, n_users=80, n_items=300, dim=8, comparisons_per_user=80, scale=8.0, type_weights=[1, 1],
+                       shared_weight=0.0, random_state=1)
+    _, unseen = split_users(syn.data, 0.5, random_state=0)
+    curve = {row["k"]: row["accuracy"]
+             for row in few_shot_oracle(syn.data, make_episodes(syn.data, unseen, random_state=0), (0, 20),
+                                        type_oracle(syn))}
+    # two unrelated types in equal shares: knowing the type from 20 labels is worth a lot
+    assert curve[20] > curve[0] + 0.1
+    assert curve[20] <= syn.oracle_accuracy() + 0.05
