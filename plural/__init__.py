@@ -16,13 +16,14 @@ from plural.evaluation import evaluate, predict_proba
 from plural.fewshot import few_shot_curve
 from plural.model import (ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
                           make_model, register_model)
+from plural.recommend import ItemIndex
 from plural.scoring import score_items
 from plural.training import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "FeatureEncoder", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
+    "FeatureEncoder", "ItemIndex", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
     "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "few_shot_curve", "fit", "from_file",
     "from_hf_dataset", "from_pandas", "from_rankings", "from_ratings", "from_trl", "from_votes", "load",
     "load_model", "make_episodes", "make_model", "predict_proba", "register_model", "save_model",

@@ -78,6 +78,7 @@ class UserStore:
         model_fingerprint: :func:`model_fingerprint` of the model the vectors come from.
         hnsw_m: HNSW graph degree.
         hnsw_ef_search: HNSW search breadth (raised to the number of neighbours asked for).
+        hnsw_ef_construction: HNSW build breadth; None means ``max(40, 2 * hnsw_m)``.
         use_gpu: put a flat index on all GPUs; None means "when FAISS sees a GPU".
 
     Example:
@@ -90,7 +91,8 @@ class UserStore:
 
     def __init__(self, dim: int, *, metric: str = "l2", index: str = "auto",
                  expected_size: int | None = None, model_fingerprint: str | None = None,
-                 hnsw_m: int = 32, hnsw_ef_search: int = 64, use_gpu: bool | None = None) -> None:
+                 hnsw_m: int = 32, hnsw_ef_search: int = 64, hnsw_ef_construction: int | None = None,
+                 use_gpu: bool | None = None) -> None:
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be an int >= 1, got {dim!r}")
         if metric not in _METRICS:
@@ -99,6 +101,8 @@ class UserStore:
             raise ValueError(f"index must be one of {_INDEX_KINDS}, got {index!r}")
         if hnsw_m < 2 or hnsw_ef_search < 1:
             raise ValueError(f"hnsw_m must be >= 2 and hnsw_ef_search >= 1, got {hnsw_m!r}, {hnsw_ef_search!r}")
+        if hnsw_ef_construction is not None and hnsw_ef_construction < 1:
+            raise ValueError(f"hnsw_ef_construction must be >= 1, got {hnsw_ef_construction!r}")
         faiss = _faiss()
         if index == "auto":
             index = "hnsw" if (expected_size or 0) >= AUTO_HNSW_THRESHOLD else "flat"
@@ -110,6 +114,8 @@ class UserStore:
         self.model_fingerprint = model_fingerprint
         self.hnsw_m = int(hnsw_m)
         self.hnsw_ef_search = int(hnsw_ef_search)
+        self.hnsw_ef_construction = (max(40, 2 * self.hnsw_m) if hnsw_ef_construction is None
+                                     else int(hnsw_ef_construction))
         self.use_gpu = bool(use_gpu) and index == "flat"
         if use_gpu and index != "flat":
             logger.info("GPU indexes are flat only; keeping the %s index on CPU", index)
@@ -131,7 +137,7 @@ class UserStore:
         faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
         if self.index_kind == "hnsw":
             base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss_metric)
-            base.hnsw.efConstruction = max(40, 2 * self.hnsw_m)
+            base.hnsw.efConstruction = self.hnsw_ef_construction
         else:
             base = faiss.IndexFlat(self.dim, faiss_metric)
         index = faiss.IndexIDMap2(base)
@@ -378,7 +384,8 @@ class UserStore:
                 manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
                             "index": self.index_kind, "model_fingerprint": self.model_fingerprint,
                             "count": n, "created_at": self.created_at, "updated_at": self.updated_at,
-                            "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search}
+                            "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
+                            "hnsw_ef_construction": self.hnsw_ef_construction}
                 np.save(tmp / "vectors.npy", self._vectors[:n], allow_pickle=False)
                 ids = {"user_ids": [self._user_of[i] for i in self._row_ids], "int_ids": self._row_ids,
                        "next_id": self._next_id, "tombstones": sorted(self._tombstones),
@@ -444,7 +451,8 @@ class UserStore:
                              f"{vectors.shape} {vectors.dtype}, index holds {index.ntotal} x {index.d}")
         store = cls(dim, metric=manifest["metric"], index=manifest["index"],
                     model_fingerprint=manifest["model_fingerprint"], hnsw_m=manifest.get("hnsw_m", 32),
-                    hnsw_ef_search=manifest.get("hnsw_ef_search", 64), use_gpu=use_gpu)
+                    hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
+                    hnsw_ef_construction=manifest.get("hnsw_ef_construction"), use_gpu=use_gpu)
         store._index = store._to_gpu(index) if store.use_gpu else index
         store._vectors = np.ascontiguousarray(vectors)
         store._row_ids = [int(i) for i in int_ids]
