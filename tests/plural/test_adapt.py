@@ -58,6 +58,8 @@ def test_bad_arguments_and_fallbacks(setup):
     store = build_user_store(model)
     with pytest.raises(ValueError, match="shrinkage"):
         personalize(model, store, None, shrinkage=2)
+    with pytest.raises(ValueError, match="bandwidth"):
+        personalize(model, store, None, bandwidth=0)
     state = personalize(model, store, None)
     assert torch.allclose(state.vector, model.population_state().vector)
     bt = make_model("bradley_terry", hidden_dim=8).fit(data, max_epochs=1, show_progress=False)
@@ -72,6 +74,30 @@ def test_ideal_point_goes_through_the_store_too(setup):
         data, max_epochs=3, show_progress=False)
     store = build_user_store(model)
     support = comparison_batch(data, episodes[0].support(5), model)
-    state, neighbours = personalize(model, store, support, n_neighbors=8, return_neighbors=True)
+    state, neighbours = personalize(model, store, support, n_neighbors=8, exhaustive_below=0,
+                                    return_neighbors=True)
     assert state.vector.shape == (2,) and state.covariance.shape == (2, 2)
-    assert len(neighbours) == 8 and sum(w for _, w in neighbours) == pytest.approx(1.0)
+    assert len(neighbours) == 8 and 0 < sum(w for _, w in neighbours) <= 1 + 1e-9
+    assert torch.isfinite(state.vector).all() and torch.linalg.eigvalsh(state.covariance).min() > 0
+
+
+def test_all_prior_mass_on_the_population_is_plain_adapt(setup):
+    # one mixture component, the population prior: the batched mixture posterior must then be the
+    # Newton/Laplace posterior of model.adapt (same mode, same covariance)
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    for ep in episodes[:5]:
+        support = comparison_batch(data, ep.support(8), model)
+        mixed = personalize(model, store, support, shrinkage=1.0)
+        plain = model.adapt(support)
+        torch.testing.assert_close(mixed.vector, plain.vector, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mixed.covariance, plain.covariance, atol=1e-4, rtol=1e-4)
+
+
+def test_searched_and_exhaustive_stores_agree_when_the_search_returns_everyone(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    whole = personalize(model, store, support)
+    searched = personalize(model, store, support, exhaustive_below=0, n_neighbors=len(store))
+    torch.testing.assert_close(whole.vector, searched.vector, atol=1e-5, rtol=1e-5)
