@@ -6,6 +6,8 @@ Example:
     >>> model = plural.make_model("bradley_terry").fit(data)   # doctest: +SKIP
 """
 
+from plural.active import (ActiveSession, expected_information_gain, expected_target_variance_reduction,
+                           rank_questions, simulate_session)
 from plural.batch import comparison_batch
 from plural.checkpoint import load_model, save_model
 from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas, from_rankings,
@@ -23,6 +25,8 @@ from plural.training import fit
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActiveSession", "expected_information_gain", "expected_target_variance_reduction", "rank_questions",
+    "simulate_session",
     "FeatureEncoder", "ItemIndex", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
     "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "few_shot_curve", "fit", "from_file",
     "from_hf_dataset", "from_pandas", "from_rankings", "from_ratings", "from_trl", "from_votes", "load",
