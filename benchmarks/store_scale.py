@@ -10,7 +10,9 @@ Measured in one run:
   ``n_queries`` new vectors from the same mixture) and recall@10 against exact search
   (``faiss.IndexFlat``, same metric);
 - memory: growth of the process's resident memory while the store is built and while it is loaded,
-  against the raw vectors (``n * d * 4`` bytes) plus the HNSW graph (read from FAISS);
+  against the raw vectors (``n * d * 4`` bytes) plus the HNSW graph (read from FAISS), split into the
+  FAISS index (its file size), the store's own bookkeeping (the ``user_id -> int id`` dict, the id
+  strings and int objects it holds, the per-id arrays) and what is left (allocator slack, temporaries);
 - items: ``ItemIndex.rank`` of ``n_items`` candidates and ``ItemIndex.top_n`` for one user of a low-rank
   model (random weights: only the time matters), against ``score_items`` plus a sort, in the same run.
 """
@@ -58,7 +60,9 @@ def percentiles(ms: list[float]) -> dict:
 
 def measure_load(path: str) -> dict:
     """Load time and resident-memory growth of loading the store at ``path`` (run in a fresh process)."""
-    from plural.store import UserStore  # imported before the baseline, so only the store is counted
+    import faiss  # noqa: F401 - imported before the baseline (as in bench_store), so only the store is counted
+
+    from plural.store import UserStore
 
     gc.collect()
     before = rss_bytes()
@@ -66,7 +70,19 @@ def measure_load(path: str) -> dict:
     store = UserStore.load(path)
     seconds = time.perf_counter() - start
     gc.collect()
-    return {"load_s": seconds, "rss_growth_bytes": rss_bytes() - before, "n_users": len(store)}
+    growth = rss_bytes() - before
+    return {"load_s": seconds, "rss_growth_bytes": growth, "n_users": len(store),
+            "bookkeeping": bookkeeping_bytes(store)}
+
+
+def bookkeeping_bytes(store) -> dict:
+    """Bytes of a store's own per-user structures (``sys.getsizeof``, so allocator rounding is left out)."""
+    ids = store._int_of
+    arrays = (store._users, store._n_comparisons, store._updated_at, store._row_ids, store._gpu_vectors)
+    return {"id_dict": sys.getsizeof(ids), "id_strings": sum(map(sys.getsizeof, ids)),
+            "id_ints": sum(sys.getsizeof(i) for i in ids.values() if i > 256),
+            "per_id_arrays": sum(a.nbytes for a in arrays if a is not None),
+            "extra_metadata": sys.getsizeof(store._extra)}
 
 
 def load_in_fresh_process(path: Path) -> dict:
@@ -81,7 +97,7 @@ def graph_bytes(store) -> int:
     """Bytes of the HNSW graph of a store (links, offsets and levels), read from FAISS."""
     import faiss
 
-    hnsw = faiss.downcast_index(store._index.index).hnsw
+    hnsw = faiss.downcast_index(store._index).hnsw
     return int(hnsw.neighbors.size() * 4 + hnsw.offsets.size() * 8 + hnsw.levels.size() * 4)
 
 
@@ -104,6 +120,7 @@ def bench_store(args) -> dict:
     gc.collect()
     build_growth = rss_bytes() - before
     raw, graph = n * d * 4, graph_bytes(store)
+    built_bookkeeping = bookkeeping_bytes(store)
     print(f"built {n:,} users in {build_s:.1f} s", flush=True)
 
     # search latency: one query at a time, the way a request arrives. One FAISS (OpenMP) thread: a
@@ -124,7 +141,7 @@ def bench_store(args) -> dict:
     _, truth = exact.search(queries, 10)
     del exact
     recall = float(np.mean([len(set(f[:10]) & {ids[i] for i in t}) / 10 for f, t in zip(found, truth)]))
-    index = faiss.downcast_index(store._index.index)
+    index = faiss.downcast_index(store._index)
     faiss.omp_set_num_threads(args.search_threads)
     raw_ms = []
     params = faiss.SearchParametersHNSW(efSearch=max(args.ef_search, args.k))
@@ -147,6 +164,7 @@ def bench_store(args) -> dict:
         loaded = load_in_fresh_process(path)
     print(f"saved and loaded in {save_s:.1f} s / {loaded['load_s']:.1f} s", flush=True)
     base = raw + graph
+    kept = loaded["bookkeeping"]
     return {
         "n_users": n, "dim": d, "k": args.k, "n_queries": args.n_queries, "hnsw_m": args.hnsw_m,
         "ef_construction": args.ef_construction, "ef_search": args.ef_search,
@@ -155,10 +173,11 @@ def bench_store(args) -> dict:
         "disk_bytes": int(sum(disk.values())), "disk_files": disk,
         "search": percentiles(ms), "faiss_only_search": percentiles(raw_ms), "recall_at_10": recall,
         "memory": {"raw_vector_bytes": raw, "graph_bytes": graph, "faiss_index_bytes": index_bytes,
-                   "store_vector_copy_bytes": raw,
                    "build_rss_growth_bytes": build_growth, "load_rss_growth_bytes": loaded["rss_growth_bytes"],
                    "build_ratio": build_growth / base, "load_ratio": loaded["rss_growth_bytes"] / base,
-                   "python_bytes_per_user_after_load": (loaded["rss_growth_bytes"] - index_bytes - raw) / n},
+                   "bookkeeping_after_build": built_bookkeeping, "bookkeeping_after_load": kept,
+                   "unaccounted_after_load_bytes": loaded["rss_growth_bytes"] - index_bytes - sum(kept.values()),
+                   "bytes_per_user_beyond_index_after_load": (loaded["rss_growth_bytes"] - index_bytes) / n},
     }
 
 
@@ -263,9 +282,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  memory: raw vectors {m['raw_vector_bytes'] / mb:.0f} MB + graph {m['graph_bytes'] / mb:.0f} MB; "
           f"RSS growth build {m['build_rss_growth_bytes'] / mb:.0f} MB ({m['build_ratio']:.2f}x), "
           f"load {m['load_rss_growth_bytes'] / mb:.0f} MB ({m['load_ratio']:.2f}x)")
-    print(f"    of which the FAISS index {m['faiss_index_bytes'] / mb:.0f} MB, the store's vector copy "
-          f"{m['store_vector_copy_bytes'] / mb:.0f} MB, the rest (Python ids and metadata, FAISS id map) "
-          f"~{m['python_bytes_per_user_after_load']:.0f} B/user")
+    kept = m["bookkeeping_after_load"]
+    print(f"    after load: the FAISS index {m['faiss_index_bytes'] / mb:.0f} MB; id dict {kept['id_dict'] / mb:.0f} MB, "
+          f"id strings {kept['id_strings'] / mb:.0f} MB, int ids {kept['id_ints'] / mb:.0f} MB, per-id arrays "
+          f"{kept['per_id_arrays'] / mb:.0f} MB; unaccounted {m['unaccounted_after_load_bytes'] / mb:.0f} MB "
+          f"({m['bytes_per_user_beyond_index_after_load']:.0f} B/user beyond the index)")
     print(f"ItemIndex: {it['n_items']:,} items ({it['index']}), built in {it['index_build_ms']:.1f} ms")
     for key in ("rank_all_candidates", "top_10_excluding_50", "score", "baseline_score_items_and_sort"):
         print(f"  {key:32s} median {it[key]['median_ms']:.3f} ms  p99 {it[key]['p99_ms']:.3f} ms")

@@ -1,22 +1,28 @@
 """A persistent FAISS index of user vectors, keyed by string user ids.
 
-Design:
+Design (memory first: a million 32-d users take the FAISS index plus about 150 bytes each):
 
-- FAISS holds int64 ids; the store keeps ``user_id <-> int id`` dicts and gives every *write* of a
-  user (add, update, re-add after removal) a fresh, increasing int id. An overwritten or removed
-  int id is either removed from the index (CPU flat) or left in it as a *tombstone* (HNSW and GPU
-  indexes, which cannot ``remove_ids``). Searches ask FAISS for ``k + n_tombstones`` neighbours and
-  drop the tombstones; when tombstones pass ``REBUILD_FRACTION`` of the index, :meth:`rebuild`
-  recreates it from the live vectors.
-- The raw vectors live beside the index in a float32 array (row map ``int id -> row``), so
-  :meth:`get` and :meth:`rebuild` work for every index kind.
+- Every *write* of a user (add, update, re-add after removal) gets a fresh, increasing int id.
+  The per-user state lives in arrays indexed by that id (the user id string, ``n_comparisons``,
+  ``updated_at``), grown by doubling; one dict maps ``user_id -> int id``. Metadata beyond the two
+  counters is kept in a second, sparse dict, only for users who have some.
+- The FAISS index is the bare index (no ``IndexIDMap``): its row is the int id for HNSW and GPU
+  indexes, which cannot ``remove_ids``, and an overwritten or removed id stays in them as a
+  *tombstone*. Searches ask FAISS for ``k + n_tombstones`` neighbours and drop the tombstones;
+  when tombstones pass ``REBUILD_FRACTION`` of the index, :meth:`rebuild` recreates it from the
+  live vectors and renumbers the ids. A CPU flat index removes rows at once; its rows are the live
+  ids in ascending order, kept in an array.
+- The vectors are read back from FAISS (``reconstruct_batch``) for :meth:`get` and :meth:`rebuild`;
+  only a GPU store (flat, small) keeps a float32 copy beside the index.
 - Index kinds: ``"flat"`` (exact) and ``"hnsw"`` (approximate, for ``expected_size >= 50_000``).
   IVF-PQ is not offered: it needs training data up front and approximate vectors, which this
   store's "exact ``get``, any-time ``add``" contract does not fit.
 - One ``threading.RLock`` guards every read and write.
 - :meth:`UserStore.save` writes a directory (``manifest.json``, ``index.faiss`` from a CPU copy,
-  ``vectors.npy``, ``ids.json``) beside its target and swaps it in with ``os.replace``; loading
-  never unpickles anything and checks the model fingerprint and dimension it is asked to.
+  the ids and counters as ``.npy`` arrays, the user id strings as UTF-8 bytes plus offsets,
+  ``metadata.json`` for the extra metadata) beside its target and swaps it in with ``os.replace``;
+  loading never unpickles anything and checks the model fingerprint and dimension it is asked to.
+  Stores saved in format version 1 (``IndexIDMap2``, ``vectors.npy``, ``ids.json``) still load.
 """
 
 from __future__ import annotations
@@ -37,13 +43,16 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_LOADABLE_VERSIONS = (1, 2)
 AUTO_HNSW_THRESHOLD = 50_000
 REBUILD_FRACTION = 0.2
 _METRICS = ("l2", "ip")
 _INDEX_KINDS = ("auto", "flat", "hnsw")
 _MANIFEST_KEYS = ("format_version", "dim", "metric", "index", "model_fingerprint", "count",
                   "created_at", "updated_at")
+_COUNTERS = ("n_comparisons", "updated_at")  # metadata kept in arrays, not in the extra dicts
+_CHUNK = 1 << 16  # rows read back from FAISS at a time when rebuilding
 
 
 class StoreError(ValueError):
@@ -65,6 +74,34 @@ def _as_id_list(user_ids: str | Iterable[str]) -> list[str]:
         if not isinstance(u, str):
             raise TypeError(f"user ids must be str, got {type(u).__name__}: {u!r}")
     return ids
+
+
+def _with_capacity(a: np.ndarray, capacity: int, used: int) -> np.ndarray:
+    """``a[:used]`` copied into a new array of ``capacity`` rows (None or 0 beyond ``used``)."""
+    out = (np.empty if a.dtype == object else np.zeros)((capacity,) + a.shape[1:], dtype=a.dtype)
+    out[:used] = a[:used]
+    return out
+
+
+def _encode_ids(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """User ids as ``(offsets (n + 1,) int64, UTF-8 bytes (offsets[-1],) uint8)``."""
+    joined = "".join(names)
+    blob = joined.encode("utf-8", "surrogatepass")
+    if len(blob) == len(joined):  # ASCII: one byte per character
+        lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+    else:
+        lengths = np.fromiter((len(u.encode("utf-8", "surrogatepass")) for u in names),
+                              dtype=np.int64, count=len(names))
+    offsets = np.zeros(len(names) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, np.frombuffer(blob, dtype=np.uint8)
+
+
+def _decode_ids(offsets: np.ndarray, blob: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`_encode_ids`: an ``(n,)`` object array of str."""
+    raw = memoryview(blob)
+    pieces = (str(raw[a:b], "utf-8", "surrogatepass") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
+    return np.fromiter(pieces, dtype=object, count=len(offsets) - 1)
 
 
 class UserStore:
@@ -121,26 +158,29 @@ class UserStore:
             logger.info("GPU indexes are flat only; keeping the %s index on CPU", index)
         self.created_at = self.updated_at = time.time()
         self._lock = threading.RLock()
-        self._int_of: dict[str, int] = {}
-        self._user_of: dict[int, str] = {}
-        self._next_id = 0
-        self._meta: dict[str, dict[str, Any]] = {}
-        self._vectors = np.empty((0, self.dim), dtype=np.float32)  # capacity grows by doubling
-        self._row_of: dict[int, int] = {}
-        self._row_ids: list[int] = []
-        self._tombstones: set[int] = set()
         self._index = self._new_index()
+        self._int_of: dict[str, int] = {}  # user id -> int id of its live write
+        self._next_id = 0
+        # Per int id, capacity grown by doubling (valid below _next_id); a dead id's user is None.
+        self._users = np.empty(0, dtype=object)
+        self._n_comparisons = np.zeros(0, dtype=np.int64)
+        self._updated_at = np.zeros(0, dtype=np.float64)
+        self._extra: dict[str, dict[str, Any]] = {}  # metadata beyond the counters, only where given
+        self._n_tombstones = 0
+        # CPU flat only: the int id of each index row (ascending); elsewhere the row is the int id.
+        self._row_ids = np.zeros(0, dtype=np.int64) if self._can_remove else None
+        # GPU only: the vectors by int id, since a GPU index may not reconstruct.
+        self._gpu_vectors = np.zeros((0, self.dim), dtype=np.float32) if self.use_gpu else None
 
     # ------------------------------------------------------------------ index plumbing
     def _new_index(self):
         faiss = _faiss()
         faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
         if self.index_kind == "hnsw":
-            base = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss_metric)
-            base.hnsw.efConstruction = self.hnsw_ef_construction
+            index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss_metric)
+            index.hnsw.efConstruction = self.hnsw_ef_construction
         else:
-            base = faiss.IndexFlat(self.dim, faiss_metric)
-        index = faiss.IndexIDMap2(base)
+            index = faiss.IndexFlat(self.dim, faiss_metric)
         return self._to_gpu(index) if self.use_gpu else index
 
     def _to_gpu(self, index):
@@ -155,6 +195,29 @@ class UserStore:
     @property
     def _can_remove(self) -> bool:
         return self.index_kind == "flat" and not self.use_gpu
+
+    def _rows(self, int_ids: np.ndarray) -> np.ndarray:
+        """Index rows of live int ids."""
+        if self._row_ids is None:
+            return int_ids
+        return np.searchsorted(self._row_ids[:self._index.ntotal], int_ids)
+
+    def _ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self._row_ids is None else self._row_ids[rows]
+
+    def _vectors_of(self, int_ids: np.ndarray) -> np.ndarray:
+        """``(n, dim)`` float32 vectors of live int ids, read back from FAISS (a new array)."""
+        if self._gpu_vectors is not None:
+            return self._gpu_vectors[int_ids]
+        if not len(int_ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._index.reconstruct_batch(self._rows(int_ids))
+
+    def _live_ids(self) -> np.ndarray:
+        """The live int ids, ascending (storage order)."""
+        live = np.fromiter(self._int_of.values(), dtype=np.int64, count=len(self._int_of))
+        live.sort()
+        return live
 
     def _check_vectors(self, vectors: Any, n: int | None = None) -> np.ndarray:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -172,7 +235,8 @@ class UserStore:
     def _check_ids(self, user_ids: str | Iterable[str], *, known: bool | None) -> list[str]:
         ids = _as_id_list(user_ids)
         if len(set(ids)) != len(ids):
-            dup = next(u for u in ids if ids.count(u) > 1)
+            seen: set[str] = set()
+            dup = next(u for u in ids if u in seen or seen.add(u))
             raise ValueError(f"user id {dup!r} appears twice in one call")
         if known is True:
             missing = [u for u in ids if u not in self._int_of]
@@ -185,62 +249,100 @@ class UserStore:
                 raise ValueError(f"user id {present[0]!r} is already in the store (use update or upsert)")
         return ids
 
-    def _drop(self, int_ids: list[int]) -> None:
-        """Forget ``int_ids``: their rows, map entries and index entries (or tombstone them)."""
-        for int_id in int_ids:
-            self._drop_row(int_id)
-        if not int_ids:
+    def _check_metadata(self, ids: list[str], metadata: Sequence[dict] | None) -> None:
+        if metadata is None:
+            return
+        if len(metadata) != len(ids):
+            raise ValueError(f"got {len(ids)} user ids but {len(metadata)} metadata dicts")
+        try:
+            json.dumps(list(metadata))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"metadata must be JSON-serialisable dicts: {err}") from None
+        for u, meta in zip(ids, metadata):
+            count = (meta or {}).get("n_comparisons", 0)
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise ValueError(f"metadata n_comparisons must be an int, got {count!r} for user {u!r}")
+
+    def _reserve(self, n_ids: int) -> None:
+        """Make the per-id arrays hold at least ``n_ids`` ids."""
+        capacity = self._users.shape[0]
+        if n_ids <= capacity:
+            return
+        capacity = max(2 * capacity, n_ids, 16)
+        used = self._next_id
+        self._users = _with_capacity(self._users, capacity, used)
+        self._n_comparisons = _with_capacity(self._n_comparisons, capacity, used)
+        self._updated_at = _with_capacity(self._updated_at, capacity, used)
+        if self._gpu_vectors is not None:
+            self._gpu_vectors = _with_capacity(self._gpu_vectors, capacity, used)
+
+    def _drop(self, int_ids: np.ndarray) -> None:
+        """Forget live ``int_ids`` (already out of ``_int_of``): remove their rows or tombstone them."""
+        if not len(int_ids):
             return
         if self._can_remove:
-            self._index.remove_ids(np.asarray(int_ids, dtype=np.int64))
+            ntotal = self._index.ntotal
+            rows = self._rows(int_ids)
+            self._index.remove_ids(rows)
+            keep = np.ones(ntotal, dtype=bool)
+            keep[rows] = False
+            self._row_ids[:ntotal - len(rows)] = self._row_ids[:ntotal][keep]
         else:
-            self._tombstones.update(int_ids)
-
-    def _drop_row(self, int_id: int) -> None:
-        row = self._row_of.pop(int_id)
-        last = len(self._row_ids) - 1
-        if row != last:  # move the last row into the hole
-            moved = self._row_ids[last]
-            self._vectors[row] = self._vectors[last]
-            self._row_ids[row] = moved
-            self._row_of[moved] = row
-        self._row_ids.pop()
-        del self._user_of[int_id]
+            self._n_tombstones += len(int_ids)
+        self._users[int_ids] = None
 
     def _write(self, ids: list[str], x: np.ndarray, metadata: Sequence[dict] | None) -> None:
-        if metadata is not None and len(metadata) != len(ids):
-            raise ValueError(f"got {len(ids)} user ids but {len(metadata)} metadata dicts")
-        if metadata is not None:
-            try:
-                json.dumps(list(metadata))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"metadata must be JSON-serialisable dicts: {err}") from None
+        self._check_metadata(ids, metadata)
         now = time.time()
-        self._drop([self._int_of[u] for u in ids if u in self._int_of])
-        new = np.arange(self._next_id, self._next_id + len(ids), dtype=np.int64)
-        self._next_id += len(ids)
-        start = len(self._row_ids)
-        if start + len(ids) > self._vectors.shape[0]:
-            grown = np.empty((max(2 * self._vectors.shape[0], start + len(ids), 16), self.dim), np.float32)
-            grown[:start] = self._vectors[:start]
-            self._vectors = grown
-        self._vectors[start:start + len(ids)] = x
-        for j, (u, i) in enumerate(zip(ids, new.tolist())):
-            self._int_of[u] = i
-            self._user_of[i] = u
-            self._row_of[i] = start + j
-            self._row_ids.append(i)
-            meta = self._meta.setdefault(u, {"n_comparisons": 0})
-            if metadata is not None and metadata[j] is not None:
-                meta.update(dict(metadata[j]))
-            meta["updated_at"] = now
-        self._index.add_with_ids(x, new)
+        n = len(ids)
+        old = np.fromiter((self._int_of.get(u, -1) for u in ids), dtype=np.int64, count=n)
+        known = old >= 0
+        counts = np.zeros(n, dtype=np.int64)
+        counts[known] = self._n_comparisons[old[known]]
+        self._drop(old[known])
+        start, ntotal = self._next_id, self._index.ntotal
+        self._reserve(start + n)
+        self._users[start:start + n] = ids
+        for j, u in enumerate(ids):
+            self._int_of[u] = start + j
+            if metadata is not None and metadata[j]:
+                extra = {key: v for key, v in metadata[j].items() if key not in _COUNTERS}
+                if "n_comparisons" in metadata[j]:
+                    counts[j] = metadata[j]["n_comparisons"]
+                if extra:
+                    self._extra.setdefault(u, {}).update(extra)
+        self._n_comparisons[start:start + n] = counts
+        self._updated_at[start:start + n] = now
+        if self._gpu_vectors is not None:
+            self._gpu_vectors[start:start + n] = x
+        if self._row_ids is not None:
+            if ntotal + n > self._row_ids.shape[0]:
+                self._row_ids = _with_capacity(self._row_ids, max(2 * self._row_ids.shape[0], ntotal + n, 16),
+                                               ntotal)
+            self._row_ids[ntotal:ntotal + n] = np.arange(start, start + n)
+        self._next_id += n
+        self._index.add(x)
         self.updated_at = now
         self._maybe_rebuild()
 
     def _maybe_rebuild(self) -> None:
-        if self._tombstones and len(self._tombstones) > REBUILD_FRACTION * self._index.ntotal:
+        if self._n_tombstones and self._n_tombstones > REBUILD_FRACTION * self._index.ntotal:
             self.rebuild()
+        elif self._can_remove and self._next_id > 2 * len(self._int_of) + 1024:
+            self._renumber(self._live_ids())  # most ids are dead: shrink the per-id arrays
+
+    def _renumber(self, live: np.ndarray) -> None:
+        """Give the live int ids ``live`` (ascending, as the index rows are) the ids ``0 .. n-1``."""
+        self._users = self._users[live]
+        self._n_comparisons = self._n_comparisons[live]
+        self._updated_at = self._updated_at[live]
+        if self._gpu_vectors is not None:
+            self._gpu_vectors = self._gpu_vectors[live]
+        for i, u in enumerate(self._users):
+            self._int_of[u] = i
+        self._next_id = len(live)
+        if self._row_ids is not None:
+            self._row_ids = np.arange(len(live), dtype=np.int64)
 
     # ------------------------------------------------------------------ public API
     def add(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None) -> None:
@@ -249,7 +351,8 @@ class UserStore:
         Args:
             user_ids: ``n`` new string ids (a single str is one id).
             vectors: ``(n, dim)`` array-like.
-            metadata: optionally ``n`` JSON-serialisable dicts kept with the users.
+            metadata: optionally ``n`` JSON-serialisable dicts kept with the users (``n_comparisons``,
+                if given, must be an int; ``updated_at`` is set by the store).
 
         Raises:
             ValueError: an id is already stored, or the vectors have the wrong shape or are not finite.
@@ -282,9 +385,9 @@ class UserStore:
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=True)
-            self._drop([self._int_of.pop(u) for u in ids])
+            self._drop(np.fromiter((self._int_of.pop(u) for u in ids), dtype=np.int64, count=len(ids)))
             for u in ids:
-                del self._meta[u]
+                self._extra.pop(u, None)
             self.updated_at = time.time()
             self._maybe_rebuild()
 
@@ -296,8 +399,8 @@ class UserStore:
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=True)
-            rows = [self._row_of[self._int_of[u]] for u in ids]
-            return self._vectors[rows].copy()
+            int_ids = np.fromiter(map(self._int_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+            return self._vectors_of(int_ids)
 
     def search(self, vectors: Any, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The ``k`` stored users nearest to each query.
@@ -321,41 +424,56 @@ class UserStore:
             distances = np.full((x.shape[0], k_out), pad, dtype=np.float32)
             if k_out == 0:
                 return [[] for _ in range(x.shape[0])], distances
-            k_search = min(k_out + len(self._tombstones), self._index.ntotal)
+            k_search = min(k_out + self._n_tombstones, self._index.ntotal)
             if self.index_kind == "hnsw":
-                _faiss().downcast_index(self._index.index).hnsw.efSearch = max(self.hnsw_ef_search, k_search)
+                self._index.hnsw.efSearch = max(self.hnsw_ef_search, k_search)
             raw_d, raw_i = self._index.search(x, k_search)
             ids: list[list[str]] = []
             for q in range(x.shape[0]):
-                hits = [(d, i) for d, i in zip(raw_d[q].tolist(), raw_i[q].tolist())
-                        if i >= 0 and i not in self._tombstones][:k_out]
-                ids.append([self._user_of[i] for _, i in hits])
-                distances[q, :len(hits)] = [d for d, _ in hits]
+                found = raw_i[q] >= 0
+                names = self._users[self._ids_of_rows(raw_i[q][found])].tolist()
+                dist = raw_d[q][found]
+                if self._n_tombstones:
+                    keep = [j for j, u in enumerate(names) if u is not None][:k_out]
+                    names, dist = [names[j] for j in keep], dist[keep]
+                ids.append(names[:k_out])
+                distances[q, :len(ids[-1])] = dist[:k_out]
             return ids, distances
 
     def rebuild(self) -> None:
-        """Recreate the index from the live vectors, dropping every tombstone."""
+        """Recreate the index from the live vectors, dropping every tombstone (the int ids are renumbered)."""
         with self._lock:
+            live = self._live_ids()
             index = self._new_index()
-            n = len(self._row_ids)
-            if n:
-                index.add_with_ids(self._vectors[:n], np.asarray(self._row_ids, dtype=np.int64))
-            logger.debug("rebuilt %s index: %d vectors, %d tombstones dropped", self.index_kind, n,
-                         len(self._tombstones))
+            for start in range(0, len(live), _CHUNK):
+                index.add(self._vectors_of(live[start:start + _CHUNK]))
+            logger.debug("rebuilt %s index: %d vectors, %d tombstones dropped", self.index_kind, len(live),
+                         self._n_tombstones)
             self._index = index
-            self._tombstones.clear()
+            self._n_tombstones = 0
+            self._renumber(live)
 
     def metadata(self, user_id: str) -> dict[str, Any]:
         """A copy of the user's metadata: at least ``n_comparisons`` and ``updated_at`` (epoch seconds)."""
         with self._lock:
             self._check_ids(user_id, known=True)
-            return dict(self._meta[user_id])
+            i = self._int_of[user_id]
+            meta: dict[str, Any] = {"n_comparisons": int(self._n_comparisons[i])}
+            meta.update(self._extra.get(user_id, {}))
+            meta["updated_at"] = float(self._updated_at[i])
+            return meta
 
     @property
     def user_ids(self) -> list[str]:
-        """The stored ids, in storage order."""
+        """The stored ids, in storage order (the order of their last write)."""
         with self._lock:
-            return [self._user_of[i] for i in self._row_ids]
+            return self._users[self._live_ids()].tolist()
+
+    @property
+    def n_tombstones(self) -> int:
+        """Index entries of overwritten or removed users still in the index (HNSW and GPU only)."""
+        with self._lock:
+            return self._n_tombstones
 
     def __len__(self) -> int:
         with self._lock:
@@ -367,11 +485,17 @@ class UserStore:
 
     def __repr__(self) -> str:
         return (f"UserStore(dim={self.dim}, metric={self.metric!r}, index={self.index_kind!r}, "
-                f"n_users={len(self)}, tombstones={len(self._tombstones)})")
+                f"n_users={len(self)}, tombstones={self.n_tombstones})")
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the store to the directory ``path``, replacing an earlier save atomically."""
+        """Write the store to the directory ``path``, replacing an earlier save atomically.
+
+        The directory holds ``manifest.json``, ``index.faiss`` (the bare FAISS index, tombstones
+        included), ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy``
+        and ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy``
+        (one entry per live user) and ``metadata.json`` (the extra metadata of the users who have some).
+        """
         faiss = _faiss()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -380,17 +504,22 @@ class UserStore:
             old = path.with_name(f".{path.name}.old")
             moved_aside = False
             try:
-                n = len(self._row_ids)
+                live = self._live_ids()
+                names = self._users[live].tolist()
                 manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
                             "index": self.index_kind, "model_fingerprint": self.model_fingerprint,
-                            "count": n, "created_at": self.created_at, "updated_at": self.updated_at,
+                            "count": len(live), "n_rows": int(self._index.ntotal),
+                            "created_at": self.created_at, "updated_at": self.updated_at,
                             "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
                             "hnsw_ef_construction": self.hnsw_ef_construction}
-                np.save(tmp / "vectors.npy", self._vectors[:n], allow_pickle=False)
-                ids = {"user_ids": [self._user_of[i] for i in self._row_ids], "int_ids": self._row_ids,
-                       "next_id": self._next_id, "tombstones": sorted(self._tombstones),
-                       "metadata": [self._meta[self._user_of[i]] for i in self._row_ids]}
-                (tmp / "ids.json").write_text(json.dumps(ids))
+                offsets, blob = _encode_ids(names)
+                arrays = {"rows": self._rows(live).astype(np.int64), "user_id_offsets": offsets,
+                          "user_id_bytes": blob, "n_comparisons": self._n_comparisons[live],
+                          "updated_at": self._updated_at[live]}
+                for name, array in arrays.items():
+                    np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+                (tmp / "metadata.json").write_text(json.dumps({u: self._extra[u] for u in names
+                                                               if u in self._extra}))
                 faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
                 if path.exists():
@@ -413,7 +542,7 @@ class UserStore:
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
              expected_dim: int | None = None, *, use_gpu: bool | None = None) -> "UserStore":
-        """Load a store written by :meth:`save`.
+        """Load a store written by :meth:`save` (format version 2, or version 1 from earlier releases).
 
         Args:
             path: the saved directory (if a crash mid-save left only its ``.old`` sibling, that is read).
@@ -424,7 +553,6 @@ class UserStore:
         Raises:
             StoreError (a ValueError): missing or corrupt files, or a fingerprint or dim mismatch.
         """
-        faiss = _faiss()
         path = Path(path)
         old = path.with_name(f".{path.name}.old")
         if not (path / "manifest.json").is_file() and (old / "manifest.json").is_file():
@@ -437,33 +565,116 @@ class UserStore:
         if expected_dim is not None and manifest["dim"] != expected_dim:
             raise StoreError(f"{path} holds {manifest['dim']}-d vectors, expected {expected_dim}-d")
         try:
-            vectors = np.load(path / "vectors.npy", allow_pickle=False)
-            ids = json.loads((path / "ids.json").read_text())
-            index = faiss.read_index(str(path / "index.faiss"))
-        except (OSError, ValueError, RuntimeError) as err:
-            raise StoreError(f"{path} is corrupt: {err}") from None
-        n, dim = manifest["count"], manifest["dim"]
-        int_ids = ids.get("int_ids", [])
-        if (vectors.shape != (n, dim) or vectors.dtype != np.float32 or len(int_ids) != n
-                or len(ids.get("user_ids", [])) != n or len(ids.get("metadata", [])) != n
-                or index.d != dim or index.ntotal != n + len(ids.get("tombstones", []))):
-            raise StoreError(f"{path} is inconsistent: manifest says {n} x {dim}, vectors are "
-                             f"{vectors.shape} {vectors.dtype}, index holds {index.ntotal} x {index.d}")
-        store = cls(dim, metric=manifest["metric"], index=manifest["index"],
+            read = _read_v1 if manifest["format_version"] == 1 else _read_v2
+            index, rows, names, counts, updated, extra = read(path, manifest)
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+            if isinstance(err, StoreError):
+                raise
+            raise StoreError(f"{path} is corrupt: {type(err).__name__}: {err}") from None
+        store = cls(manifest["dim"], metric=manifest["metric"], index=manifest["index"],
                     model_fingerprint=manifest["model_fingerprint"], hnsw_m=manifest.get("hnsw_m", 32),
                     hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
                     hnsw_ef_construction=manifest.get("hnsw_ef_construction"), use_gpu=use_gpu)
-        store._index = store._to_gpu(index) if store.use_gpu else index
-        store._vectors = np.ascontiguousarray(vectors)
-        store._row_ids = [int(i) for i in int_ids]
-        store._row_of = {i: r for r, i in enumerate(store._row_ids)}
-        store._int_of = dict(zip(ids["user_ids"], store._row_ids))
-        store._user_of = dict(zip(store._row_ids, ids["user_ids"]))
-        store._meta = dict(zip(ids["user_ids"], ids["metadata"]))
-        store._tombstones = {int(i) for i in ids.get("tombstones", [])}
-        store._next_id = int(ids["next_id"])
+        store._adopt(index, rows, names, counts, updated, extra)
+        if len(store._int_of) != len(names):
+            raise StoreError(f"{path} is corrupt: a user id appears twice")
         store.created_at, store.updated_at = manifest["created_at"], manifest["updated_at"]
         return store
+
+    def _adopt(self, index, rows: np.ndarray, names: np.ndarray, counts: np.ndarray, updated: np.ndarray,
+               extra: dict[str, dict]) -> None:
+        """Take over a CPU ``index`` whose rows ``rows`` (ascending) hold the users ``names`` (object array)."""
+        n_rows, n = index.ntotal, len(names)
+        if self._can_remove and n < n_rows:  # a flat index saved from a GPU store: drop its tombstones
+            keep = np.zeros(n_rows, dtype=bool)
+            keep[rows] = True
+            index.remove_ids(np.flatnonzero(~keep))
+            n_rows = n
+        if n == n_rows:  # no tombstones: row j holds user j
+            # The dict first: the arrays then fill the heap its resizing freed.
+            self._int_of = dict(zip(names, range(n)))
+            self._users = names
+            self._n_comparisons = np.array(counts, dtype=np.int64)
+            self._updated_at = np.array(updated, dtype=np.float64)
+        else:
+            self._int_of = dict(zip(names, map(int, rows)))
+            self._users = np.empty(n_rows, dtype=object)
+            self._users[rows] = names
+            self._n_comparisons = np.zeros(n_rows, dtype=np.int64)
+            self._n_comparisons[rows] = counts
+            self._updated_at = np.zeros(n_rows, dtype=np.float64)
+            self._updated_at[rows] = updated
+        self._extra = extra
+        self._next_id = n_rows
+        self._n_tombstones = 0 if self._can_remove else n_rows - len(rows)
+        if self._row_ids is not None:
+            self._row_ids = np.arange(n_rows, dtype=np.int64)
+        if self.use_gpu:
+            self._gpu_vectors = index.reconstruct_n(0, n_rows) if n_rows else self._gpu_vectors
+            index = self._to_gpu(index)
+        self._index = index
+
+
+def _read_v2(path: Path, manifest: dict):
+    """The parts of a version-2 save: ``(index, rows, names, n_comparisons, updated_at, extra)``."""
+    faiss = _faiss()
+    # Memory-mapped: read once, copied where kept, so they leave no freed slack in the heap.
+    arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+              for name in ("rows", "user_id_offsets", "user_id_bytes", "n_comparisons", "updated_at")}
+    extra = json.loads((path / "metadata.json").read_text())
+    index = faiss.read_index(str(path / "index.faiss"))
+    n, dim, n_rows = manifest["count"], manifest["dim"], manifest.get("n_rows", manifest["count"])
+    rows, offsets, blob = arrays["rows"], arrays["user_id_offsets"], arrays["user_id_bytes"]
+    shapes_ok = (rows.shape == arrays["n_comparisons"].shape == arrays["updated_at"].shape == (n,)
+                 and offsets.shape == (n + 1,) and blob.ndim == 1
+                 and rows.dtype == offsets.dtype == arrays["n_comparisons"].dtype == np.int64
+                 and arrays["updated_at"].dtype == np.float64 and blob.dtype == np.uint8)
+    if (not shapes_ok or index.d != dim or index.ntotal != n_rows or not isinstance(extra, dict)
+            or not all(isinstance(meta, dict) for meta in extra.values())):
+        raise StoreError(f"{path} is inconsistent: manifest says {n} users x {dim} in {n_rows} rows, index "
+                         f"holds {index.ntotal} x {index.d}, rows {rows.shape} {rows.dtype}")
+    if n and (rows[0] < 0 or rows[-1] >= n_rows or not np.all(rows[1:] > rows[:-1]) or offsets[0] != 0
+              or offsets[-1] != blob.size or not np.all(offsets[1:] >= offsets[:-1])):
+        raise StoreError(f"{path} is inconsistent: rows or user id offsets out of order or range")
+    names = _decode_ids(offsets, blob)
+    return index, rows, names, arrays["n_comparisons"], arrays["updated_at"], extra
+
+
+def _read_v1(path: Path, manifest: dict):
+    """The parts of a version-1 save (``IndexIDMap2``, ``vectors.npy``, ``ids.json``), as :func:`_read_v2`."""
+    faiss = _faiss()
+    vectors = np.load(path / "vectors.npy", mmap_mode="r", allow_pickle=False)  # the shape check only
+    ids = json.loads((path / "ids.json").read_text())
+    id_map = faiss.read_index(str(path / "index.faiss"))
+    n, dim = manifest["count"], manifest["dim"]
+    int_ids = np.asarray(ids.get("int_ids", []), dtype=np.int64)
+    tombstones = np.asarray(ids.get("tombstones", []), dtype=np.int64)
+    if (vectors.shape != (n, dim) or vectors.dtype != np.float32 or len(int_ids) != n
+            or len(ids.get("user_ids", [])) != n or len(ids.get("metadata", [])) != n
+            or id_map.d != dim or id_map.ntotal != n + len(tombstones) or not hasattr(id_map, "id_map")):
+        raise StoreError(f"{path} is inconsistent: manifest says {n} x {dim}, vectors are "
+                         f"{vectors.shape} {vectors.dtype}, index holds {id_map.ntotal} x {id_map.d}")
+    labels = faiss.vector_to_array(id_map.id_map).astype(np.int64)  # row -> version-1 int id
+    index = faiss.clone_index(id_map.index)  # the bare index, owned by Python
+    del id_map
+    order = np.argsort(labels, kind="stable")
+    pos = np.searchsorted(labels, int_ids, sorter=order)
+    if n and (pos.max() >= len(labels) or np.any(labels[order[pos]] != int_ids)):
+        raise StoreError(f"{path} is inconsistent: a stored user's id is not in the index")
+    rows = order[pos]
+    by_row = np.argsort(rows)
+    rows = rows[by_row].astype(np.int64)
+    users, metas = ids["user_ids"], ids["metadata"]
+    names = np.fromiter((users[j] for j in by_row.tolist()), dtype=object, count=n)
+    metas = [metas[j] for j in by_row.tolist()]
+    counts = np.asarray([m.get("n_comparisons", 0) for m in metas], dtype=np.int64)
+    updated = np.asarray([m.get("updated_at", manifest["updated_at"]) for m in metas], dtype=np.float64)
+    extra = {}
+    for u, m in zip(names, metas):
+        rest = {key: v for key, v in m.items() if key not in _COUNTERS}
+        if rest:
+            extra[u] = rest
+    return index, rows, names, counts, updated, extra
 
 
 def _read_manifest(path: Path) -> dict:
@@ -479,9 +690,9 @@ def _read_manifest(path: Path) -> dict:
     missing = [k for k in _MANIFEST_KEYS if k not in manifest]
     if missing:
         raise StoreError(f"{file} is corrupt: missing keys {missing}")
-    if manifest["format_version"] != FORMAT_VERSION:
+    if manifest["format_version"] not in _LOADABLE_VERSIONS:
         raise StoreError(f"{path}: format version {manifest['format_version']!r} is not supported "
-                         f"(expected {FORMAT_VERSION})")
+                         f"(expected one of {_LOADABLE_VERSIONS})")
     if manifest["metric"] not in _METRICS or manifest["index"] not in _INDEX_KINDS[1:]:
         raise StoreError(f"{file} is corrupt: metric {manifest['metric']!r}, index {manifest['index']!r}")
     return manifest

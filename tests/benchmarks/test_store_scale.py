@@ -18,4 +18,9 @@ def test_store_scale_runs_small(tmp_path, capsys):
     assert saved["store"]["n_users"] == 3000 and saved["items"]["n_items"] == 500
     assert result["store"]["recall_at_10"] > 0.9
     assert set(saved["met"]) == {"search_median_ms", "recall_at_10", "memory_ratio", "rank_median_ms"}
-    assert "targets met" in capsys.readouterr().out
+    memory = saved["store"]["memory"]
+    assert set(memory["bookkeeping_after_load"]) == {"id_dict", "id_strings", "id_ints", "per_id_arrays",
+                                                     "extra_metadata"}
+    assert memory["bookkeeping_after_load"]["per_id_arrays"] >= 3000 * (8 + 8 + 8)  # users, counts, times
+    printed = capsys.readouterr().out
+    assert "targets met" in printed and "after load: the FAISS index" in printed

@@ -119,11 +119,11 @@ def test_update_changes_vector_and_search(kind):
 def test_tombstones_filtered_and_rebuilt_automatically():
     store, ids, x = _store("hnsw", n=50)
     store.remove(ids[:5])
-    assert len(store._tombstones) == 5
+    assert store.n_tombstones == 5
     found, _ = store.search(x, k=50)
     assert all(len(row) == 45 and not set(row) & set(ids[:5]) for row in found)
     store.remove(ids[5:15])  # 15 tombstones > 20% of 50 -> rebuilt
-    assert not store._tombstones and store._index.ntotal == 35
+    assert store.n_tombstones == 0 and store._index.ntotal == 35
     found, _ = store.search(x[20:21], k=1)
     assert found == [["u20"]]
 
@@ -252,9 +252,173 @@ def test_corrupt_or_mismatched_saves_raise_value_errors(tmp_path):
 def test_vectors_are_loaded_without_pickle(tmp_path):
     store, _, _ = _store("flat", n=5)
     path = store.save(tmp_path / "s")
-    np.save(path / "vectors.npy", np.array([{"evil": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError):
-        UserStore.load(path)
+    for name in ("n_comparisons", "user_id_bytes"):
+        good = np.load(path / f"{name}.npy")
+        np.save(path / f"{name}.npy", np.array([{"evil": 1}] * 5, dtype=object), allow_pickle=True)
+        with pytest.raises(ValueError):
+            UserStore.load(path)
+        np.save(path / f"{name}.npy", good)
+    assert len(UserStore.load(path)) == 5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_keeps_extra_metadata_and_unusual_ids(tmp_path, kind):
+    ids = ["", "é", "用户-1", "a\nb", "\ud800", "plain"]  # empty, non-ASCII, newline, lone surrogate
+    x = np.random.default_rng(3).standard_normal((len(ids), D)).astype(np.float32)
+    store = UserStore(D, index=kind)
+    store.add(ids, x, metadata=[{"source": "survey", "tags": [1, 2]}, None, {}, {"n_comparisons": 3},
+                                {"n_comparisons": 4, "weight": 0.5}, None])
+    store.remove(["plain"])
+    loaded = UserStore.load(store.save(tmp_path / "s"))
+    _assert_same(store, loaded, x)
+    assert loaded.metadata("") == {"n_comparisons": 0, "source": "survey", "tags": [1, 2],
+                                   "updated_at": store.metadata("")["updated_at"]}
+    assert loaded.metadata("\ud800")["weight"] == 0.5 and loaded.metadata("\ud800")["n_comparisons"] == 4
+    assert loaded.n_tombstones == (1 if kind == "hnsw" else 0)
+
+
+def test_metadata_merges_on_update_and_goes_with_the_user():
+    store = UserStore(4)
+    store.add(["a"], np.ones((1, 4)), metadata=[{"n_comparisons": 2, "source": "survey"}])
+    store.update(["a"], np.zeros((1, 4)), metadata=[{"lang": "fr", "updated_at": -1.0}])
+    meta = store.metadata("a")
+    assert meta["n_comparisons"] == 2 and meta["source"] == "survey" and meta["lang"] == "fr"
+    assert meta["updated_at"] > 0  # set by the store
+    store.metadata("a")["source"] = "changed"  # a copy
+    assert store.metadata("a")["source"] == "survey"
+    store.remove(["a"])
+    store.add(["a"], np.ones((1, 4)))
+    assert store.metadata("a") == {"n_comparisons": 0, "updated_at": store.metadata("a")["updated_at"]}
+    with pytest.raises(ValueError, match="n_comparisons must be an int"):
+        store.update(["a"], np.ones((1, 4)), metadata=[{"n_comparisons": "many"}])
+    with pytest.raises(ValueError, match="JSON"):
+        store.update(["a"], np.ones((1, 4)), metadata=[{"when": object()}])
+    assert store.metadata("a")["n_comparisons"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_user_state_is_arrays_and_vectors_live_only_in_faiss(kind):
+    store, ids, x = _store(kind, n=300)
+    assert store._gpu_vectors is None  # CPU stores keep no copy of the vectors
+    assert not store._extra  # no per-user dicts without extra metadata
+    assert store._users.dtype == object and store._n_comparisons.dtype == np.int64
+    assert all(store._users[store._int_of[u]] is u for u in ids)  # one str object per id, shared
+    np.testing.assert_array_equal(store.get(ids[::-1]), x[::-1])
+
+
+def test_update_heavy_flat_store_renumbers_its_ids():
+    store, ids, x = _store("flat", n=20)
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        j = int(rng.integers(20))
+        x[j] = rng.standard_normal(D)
+        store.update([ids[j]], x[j:j + 1], metadata=[{"n_comparisons": j}])
+    assert store._next_id <= 2 * 20 + 1024 and store._index.ntotal == 20 and store.n_tombstones == 0
+    np.testing.assert_array_equal(store.get(ids), x)
+    assert store.search(x, k=1)[0] == [[u] for u in ids]
+    for _ in range(600):  # past the renumbering threshold
+        store.update([ids[0]], x[:1])
+    assert store._next_id < 1100 and store.user_ids[-1] == "u0"
+    np.testing.assert_array_equal(store.get(ids), x)
+
+
+def test_hnsw_rebuild_renumbers_and_keeps_metadata():
+    store, ids, x = _store("hnsw", n=100)
+    store.update(ids[:10], x[:10], metadata=[{"n_comparisons": i, "k": i} for i in range(10)])
+    assert store.n_tombstones == 10
+    store.update(ids[10:30], x[10:30])  # 30 tombstones > 20% of 130 -> rebuilt
+    assert store.n_tombstones == 0 and store._index.ntotal == 100 and store._next_id == 100
+    assert store.metadata("u7")["n_comparisons"] == 7 and store.metadata("u7")["k"] == 7
+    np.testing.assert_array_equal(store.get(ids), x)
+    assert [row[0] for row in store.search(x[:20], k=1)[0]] == ids[:20]
+
+
+def _save_v1(path, kind, n=60, n_tombstones=5, seed=0):
+    """A store directory in format version 1 (as written by the first UserStore): an IndexIDMap2,
+    the vectors in ``vectors.npy`` in their own row order, ``ids.json``."""
+    rng = np.random.default_rng(seed)
+    ids, x = _data(n, seed=seed)
+    int_ids = rng.permutation(np.arange(1, 2 * n + 1, 2))  # live ids, odd, in the vectors' row order
+    dead = np.arange(0, 2 * n_tombstones, 2)  # tombstoned ids, even
+    base = faiss.IndexHNSWFlat(D, 32) if kind == "hnsw" else faiss.IndexFlat(D)
+    index = faiss.IndexIDMap2(base)
+    index.add_with_ids(rng.standard_normal((n_tombstones, D)).astype(np.float32), dead.astype(np.int64))
+    order = np.argsort(int_ids)  # the index holds the live users in id order
+    index.add_with_ids(x[order], int_ids[order].astype(np.int64))
+    metadata = [{"n_comparisons": i % 7, "updated_at": 1000.0 + i} | ({"group": i % 3} if i % 2 else {})
+                for i in range(n)]
+    path.mkdir()
+    np.save(path / "vectors.npy", x)
+    (path / "ids.json").write_text(json.dumps({"user_ids": ids, "int_ids": int_ids.tolist(),
+                                               "next_id": 2 * n + 1, "tombstones": dead.tolist(),
+                                               "metadata": metadata}))
+    faiss.write_index(index, str(path / "index.faiss"))
+    (path / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "dim": D, "metric": "l2", "index": kind, "model_fingerprint": "fp0",
+        "count": n, "created_at": 1.0, "updated_at": 2000.0, "hnsw_m": 32, "hnsw_ef_search": 64,
+        "hnsw_ef_construction": 64}))
+    return ids, x, metadata
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loads_version_1_stores(tmp_path, kind):
+    ids, x, metadata = _save_v1(tmp_path / "v1", kind)
+    store = UserStore.load(tmp_path / "v1", expected_fingerprint="fp0", expected_dim=D)
+    assert len(store) == len(ids) and sorted(store.user_ids) == sorted(ids) and store.index_kind == kind
+    np.testing.assert_array_equal(store.get(ids), x)
+    assert [store.metadata(u) for u in ids] == metadata
+    assert store.n_tombstones == (5 if kind == "hnsw" else 0)  # a CPU flat index drops its tombstones
+    assert [row[0] for row in store.search(x, k=1)[0]] == ids
+    assert all(len(row) == 10 for row in store.search(x[:5], k=10)[0])
+    again = UserStore.load(store.save(tmp_path / "v2"))
+    assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["format_version"] == 2
+    _assert_same(store, again, x[:10])
+    store.add(["new"], np.ones((1, D)))  # no id clash after the migration
+    assert store.search(np.ones((1, D)), k=1)[0] == [["new"]]
+
+
+def test_flat_save_with_tombstones_loads_on_cpu_without_them(tmp_path):
+    """A flat store saved from a GPU index holds tombstoned rows; on CPU they are removed at load."""
+    store, ids, x = _store("flat", n=20)
+    path = store.save(tmp_path / "s")
+    index = faiss.read_index(str(path / "index.faiss"))
+    grown = faiss.IndexFlat(D)
+    grown.add(np.full((1, D), 9.0, np.float32))  # a tombstone at row 0: every live row moves by one
+    grown.add(index.reconstruct_n(0, index.ntotal))
+    faiss.write_index(grown, str(path / "index.faiss"))
+    np.save(path / "rows.npy", np.arange(1, 21, dtype=np.int64))
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "n_rows": 21}))
+    loaded = UserStore.load(path)
+    assert loaded._index.ntotal == 20 and loaded.n_tombstones == 0
+    _assert_same(store, loaded, x[:5])
+    _, dist = loaded.search(np.full((1, D), 9.0), k=1)
+    assert dist[0, 0] > 1.0  # the tombstone (at distance 0) is gone
+
+
+def test_gpu_code_path_with_a_cpu_stand_in(tmp_path, monkeypatch):
+    """The GPU flat path (tombstones, a vector copy, save from a CPU copy) with the GPU move stubbed."""
+    monkeypatch.setattr(UserStore, "_to_gpu", lambda self, index: index)
+    monkeypatch.setattr(UserStore, "_cpu_index", lambda self: self._index)
+    ids, x = _data(50)
+    store = UserStore(D, index="flat", use_gpu=True)
+    store.add(ids, x)
+    assert store.use_gpu and store._row_ids is None
+    store.remove(["u0"])
+    store.update(["u1"], x[2:3])
+    assert store.n_tombstones == 2 and "u0" not in store.search(x[:1], k=49)[0][0]
+    x[1] = x[2]
+    np.testing.assert_array_equal(store.get(ids[1:]), x[1:])
+    path = store.save(tmp_path / "s")
+    on_gpu = UserStore.load(path, use_gpu=True)
+    assert on_gpu.n_tombstones == 2
+    _assert_same(store, on_gpu, x[:10])
+    on_cpu = UserStore.load(path, use_gpu=False)
+    assert on_cpu.n_tombstones == 0 and on_cpu._index.ntotal == 49
+    _assert_same(store, on_cpu, x[:10])
+    store.remove(ids[2:12])  # 12 tombstones > 20% of 51 -> rebuilt
+    assert store.n_tombstones == 0 and store._index.ntotal == 39 and store._gpu_vectors.shape[0] == 39
+    np.testing.assert_array_equal(store.get(ids[12:]), x[12:])
 
 
 # ---------------------------------------------------------------------- threads
