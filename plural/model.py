@@ -194,6 +194,10 @@ class PreferenceModel(pl.LightningModule):
         rb = self.reward(batch["features_b"], state, batch["item_b"])
         return ra - rb
 
+    def on_fit_complete(self) -> None:
+        """Called by :func:`plural.training.fit` once training ended and the best weights are back
+        (no-op by default; latent-user models recentre their users here)."""
+
     def first_selectable_epoch(self) -> int:
         """Epochs before this one are warm-up: early stopping waits for it and the best-weights
         selection ignores them (0 for most models)."""

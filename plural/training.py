@@ -161,6 +161,7 @@ def fit(
         trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
     model.eval()
+    model.on_fit_complete()
     model.fit_report_ = {
         "epochs": int(trainer.current_epoch),
         "best_epoch": None if restore is None else restore.best_epoch,

@@ -65,6 +65,9 @@ class IdealPoint(LatentUserModel):
             self.context_shift = nn.Embedding(n_ctx + 1, k * h, padding_idx=n_ctx)
             nn.init.zeros_(self.context_shift.weight)
 
+    def _absorb_user_mean(self, mean: torch.Tensor) -> None:
+        self.population_logits += mean  # softmax((a0 + m) + (u - m)) = softmax(a0 + u)
+
     def ideal_point(self, u: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """``(..., h)`` ideal points of users with vectors ``u (..., K)``, in ``context`` ``(...)``."""
         weights = torch.softmax(self.population_logits + u, dim=-1)

@@ -43,6 +43,9 @@ class LowRank(LatentUserModel):
         w = self.population_weight + u @ self.basis.T
         return (phi * w).sum(-1) + bias
 
+    def _absorb_user_mean(self, mean: torch.Tensor) -> None:
+        self.population_weight += self.basis @ mean  # (w0 + B m) + B (u - m) = w0 + B u
+
     def _support_margins(self, support: dict) -> LinearMargins:
         n = len(support["features_a"])  # both sides through the item layers in one pass
         phi, bias = self.items(torch.cat([support["features_a"], support["features_b"]]),

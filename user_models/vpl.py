@@ -75,6 +75,11 @@ class VPLConfig(LatentConfig):
 
     n_components: int = 8
     """K: dimension of the latent user variable ``z``."""
+    item_l2: float = 10.0
+    """Precision of the Gaussian prior on item identities (VPL keeps the earlier latent default:
+    its users are encoded, not embedded, and its benchmarks were run with it)."""
+    dropout: float = 0.1
+    """Dropout in the item MLP."""
     beta: float = 1.0
     """Weight of the KL term of the ELBO once warmed up (1: the true ELBO; beta-VAE otherwise)."""
     kl_warmup_epochs: int = 5
