@@ -113,12 +113,11 @@ def demo(
 
 def _show_one_user(res: dict) -> None:
     """Personalize one unseen user through the store; print neighbours and recommendations."""
-    import numpy as np
     import torch
 
     from plural.adapt import personalize
     from plural.batch import comparison_batch
-    from plural.scoring import score_items
+    from plural.recommend import ItemIndex
 
     model, data, store = res["model"], res["data"], res["store"]
     ep = max(res["episodes"], key=lambda e: len(e.support_pool))
@@ -132,14 +131,15 @@ def _show_one_user(res: dict) -> None:
                   f"the store {float(torch.diagonal(state.covariance).sqrt().mean()):.3f})")
     console.print("nearest stored users (weight): " + ", ".join(
         f"{uid} ({w:.2f})" for uid, w in sorted(neighbours, key=lambda t: -t[1])[:5]))
-    judged = set(data.items_of(data.rows_by_user()[ep.user]).tolist())
+    judged = {data.item_ids[i] for i in data.items_of(data.rows_by_user()[ep.user]).tolist()}
     group = user.split("/")[0] + "/" if "/" in user else ""  # Polis: the user's own conversation
-    scores = score_items(model, data, state)
-    candidates = [i for i in np.argsort(-scores) if i not in judged and data.item_ids[i].startswith(group)]
-    console.print(f"top recommendations for them {('in ' + group[:-1]) if group else ''} among items "
-                  "they have not judged:")
-    for i in candidates[:5]:
-        console.print(f"  {scores[i]:+.2f}  {str(data.item_text[i])[:100]}")
+    catalog = ItemIndex(model, data)
+    candidates = [i for i in data.item_ids if i.startswith(group) and i not in judged]
+    text = dict(zip(data.item_ids, data.item_text))
+    console.print(f"top recommendations for them {('in ' + group[:-1]) if group else ''} among the "
+                  f"{len(candidates)} items they have not judged (ItemIndex over {len(catalog)} items):")
+    for item, score in catalog.rank(state, candidates)[:5]:
+        console.print(f"  {score:+.2f}  {str(text[item])[:100]}")
 
 
 @app.command()

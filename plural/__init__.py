@@ -8,6 +8,7 @@ Example:
 
 from plural.active import (ActiveSession, expected_information_gain, expected_target_variance_reduction,
                            rank_questions, simulate_session)
+from plural.adapt import build_user_store, personalize
 from plural.batch import comparison_batch
 from plural.checkpoint import load_model, save_model
 from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas, from_rankings,
@@ -20,16 +21,16 @@ from plural.model import (ModelConfig, NotFittedError, PreferenceModel, UserStat
                           make_model, register_model)
 from plural.recommend import ItemIndex
 from plural.scoring import score_items
+from plural.store import UserStore
 from plural.training import fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ActiveSession", "expected_information_gain", "expected_target_variance_reduction", "rank_questions",
-    "simulate_session",
-    "FeatureEncoder", "ItemIndex", "ModelConfig", "NotFittedError", "PreferenceData", "PreferenceModel", "TextEncoder",
-    "UserState", "available_models", "comparison_batch", "encode_items", "evaluate", "few_shot_curve", "fit", "from_file",
+    "ActiveSession", "FeatureEncoder", "ItemIndex", "ModelConfig", "NotFittedError", "PreferenceData",
+    "PreferenceModel", "TextEncoder", "UserState", "UserStore", "available_models", "build_user_store",
+    "comparison_batch", "encode_items", "expected_information_gain", "expected_target_variance_reduction", "evaluate", "few_shot_curve", "fit", "from_file",
     "from_hf_dataset", "from_pandas", "from_rankings", "from_ratings", "from_trl", "from_votes", "load",
     "load_model", "make_episodes", "make_model", "predict_proba", "register_model", "save_model",
-    "score_items", "split_comparisons", "split_users",
+    "personalize", "rank_questions", "score_items", "simulate_session", "split_comparisons", "split_users",
 ]
