@@ -254,7 +254,7 @@ def _mean_sd(values: list[float]) -> str:
 def markdown_table(record: dict, ks: Sequence[int] | None = None) -> str:
     """One table per dataset: seen-user test accuracy, unseen-user accuracy at k=0, and for each k>0
     the accuracy with, in brackets, the gain over k=0 paired on the same users and draws (mean over
-    seeds; ± the sd over seeds where there are several). Accuracies at different k cover different
+    seeds; ± the sd over seeds, of the accuracy and of the gain, where there are several). Accuracies at different k cover different
     users (those whose support reaches k); the paired gain is the comparable figure."""
     ks = ks or record["config"]["ks"]
     lines = []
@@ -294,5 +294,9 @@ def _curve_cell(results: list[dict], k: int) -> str:
     acc = _mean_sd([curve_value(r, k) for r in results])
     if k == 0 or acc == "-":
         return acc
-    gain = [curve_value(r, k, "gain_vs_k0") for r in results]
-    return f"{acc} ({100 * np.nanmean(gain):+.1f})"
+    gain = [g for g in (curve_value(r, k, "gain_vs_k0") for r in results) if g == g]
+    if not gain:
+        return acc
+    if len(gain) == 1:
+        return f"{acc} ({100 * gain[0]:+.1f})"
+    return f"{acc} ({100 * np.mean(gain):+.1f} ± {100 * np.std(gain, ddof=1):.1f})"
