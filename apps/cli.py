@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -155,6 +156,11 @@ def bench(
     max_epochs: int = typer.Option(20),
     quick: bool = typer.Option(False, help="tiny synthetic data and few epochs (seconds)"),
     jobs: int = typer.Option(1, help="worker processes, one (dataset, seed) run each at a time"),
+    kind: str = typer.Option("pairs", help="how to read a file given in --data: pairs, trl, ratings, rankings "
+                                            "or votes"),
+    column: list[str] = typer.Option([], "--column", help="for a file in --data: a converter option KEY=VALUE "
+                                     "naming a column or setting a value, e.g. user=userId, item=movieId, "
+                                     "rating=stars, item_table=items.csv, item_text=title (repeatable)"),
 ) -> None:
     """Run the evaluation protocol over datasets x models x seeds and write a table and plots."""
     from plural.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
@@ -168,11 +174,33 @@ def bench(
         config.models = tuple(m.strip() for m in models.split(","))
     start = time.perf_counter()
     with console.status("loading and encoding datasets (embeddings are cached)"):
-        datasets = {n: load_bench_dataset(n, quick=quick) for n in names}
+        read = dict(kind=kind, **_key_values(column))
+        datasets = {}
+        for n in names:  # keyed by the data's name: a file's stem, not its path
+            loaded = load_bench_dataset(n, quick=quick, read_options=read)
+            if loaded.name in datasets:
+                raise typer.BadParameter(f"two datasets are named {loaded.name!r}", param_hint="--data")
+            datasets[loaded.name] = loaded
     record = run_benchmark(datasets, config, out, show_progress=False)
     console.print(markdown_table(record))
     console.print(f"wrote {out}/results.json, results.md and {len(record.get('plots', []))} plot(s) "
                   f"in {time.perf_counter() - start:.0f}s")
+
+
+def _key_values(pairs: list[str]) -> dict:
+    """``["user=userId", "min_gap=1.5"]`` -> ``{"user": "userId", "min_gap": 1.5}`` (numbers parsed)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--column")
+        try:
+            out[key.strip()] = json.loads(value)
+            if not isinstance(out[key.strip()], (int, float)):
+                out[key.strip()] = value
+        except ValueError:
+            out[key.strip()] = value
+    return out
 
 
 def _int_or_str(value: str):

@@ -74,12 +74,13 @@ class BenchConfig:
 SYNTHETIC = ("synthetic_mixture", "synthetic_noisy", "synthetic_length")
 
 
-def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) -> PreferenceData:
+def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
+                       read_options: dict | None = None) -> PreferenceData:
     """A dataset for the benchmark, with item features: a bundled one, a synthetic one
     (``synthetic_mixture``: 4 types, 400 users, 2000 items, 384-d; ``synthetic_noisy``: the same with
     20% of labels flipped; ``synthetic_length``: UKPConvArg1 arguments, a minority prefers the shorter),
-    or a path to a user's file (``plural.data.converters.from_file``). ``quick`` shrinks the
-    synthetic sets for tests."""
+    or a path to a user's file, read by ``plural.data.converters.from_file`` with ``read_options``
+    (``kind`` and the converter's column options). ``quick`` shrinks the synthetic sets for tests."""
     from plural.data import synthetic
     from plural.encoders import encode_items, ensure_features
     from plural.runs import load_dataset
@@ -103,7 +104,9 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0) ->
                          type_oracle=synthetic.type_oracle(syn))
         data.name = name
         return encode_items(data)
-    data = load_dataset(name)
+    from plural.data.bundled import DATASETS
+
+    data = load_dataset(name) if name in DATASETS else load_dataset(name, **(read_options or {}))
     return ensure_features(data)
 
 

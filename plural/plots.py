@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def plot_few_shot_curves(record: dict, out_dir: str | Path) -> list[Path]:
             axis.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
-        path = out_dir / f"curves_{ds}.png"
+        path = out_dir / f"curves_{re.sub(r'[^A-Za-z0-9_.-]+', '_', ds)}.png"
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)

@@ -47,3 +47,27 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| item_winrate |" in result.output
     assert (tmp_path / "results.json").is_file() and (tmp_path / "curves_synthetic_mixture.png").is_file()
+
+
+def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    ratings = pd.DataFrame([(f"person{u}", f"film{i}", int(rng.integers(1, 6)))
+                            for u in range(30) for i in rng.choice(24, 16, replace=False)],
+                           columns=["who", "what", "stars"])
+    ratings.to_csv(tmp_path / "my_ratings.csv", index=False)
+    pd.DataFrame({"film": [f"film{i}" for i in range(24)],
+                  "title": [f"a film about topic {i % 5}, number {i}" for i in range(24)]}
+                 ).to_csv(tmp_path / "films.csv", index=False)
+    result = runner.invoke(app, ["bench", "--quick", "--data", str(tmp_path / "my_ratings.csv"), "--kind", "ratings",
+                                 "--column", "user=who", "--column", "item=what", "--column", "rating=stars",
+                                 "--column", f"item_table={tmp_path / 'films.csv'}", "--column", "item_id=film",
+                                 "--column", "item_text=title", "--column", "min_gap=2",
+                                 "--models", "item_winrate,bradley_terry", "--max-unseen-users", "6",
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "### my_ratings" in result.output and "| bradley_terry |" in result.output
+    with pytest.raises(SystemExit):
+        app(["bench", "--data", "x.csv", "--column", "no_equals_sign"], standalone_mode=True)
