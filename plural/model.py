@@ -87,6 +87,9 @@ class PreferenceModel(pl.LightningModule):
     """Base class of every reward model in plural (see the module docstring)."""
 
     name: ClassVar[str] = "model"
+    min_patience: ClassVar[int] = 0
+    """Early stopping waits at least this many epochs without improvement, whatever ``fit`` was
+    given: models whose personal part emerges only after a plateau set it."""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:

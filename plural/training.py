@@ -105,7 +105,8 @@ def fit(
         val_rows: rows for validation log-loss and early stopping; when None, ``val_fraction`` of
             ``train_rows`` is held out at random (seeded). Pass an empty array to disable.
         max_epochs, batch_size, patience: the usual; ``patience`` epochs without improvement of
-            validation log-loss stop training, and the best weights are restored.
+            validation log-loss stop training (at least ``model.min_patience``), and the best
+            weights are restored.
         random_state: seeds weights, shuffling and the validation draw.
         accelerator, devices, strategy, precision, **trainer_kwargs: passed to ``pl.Trainer``
             (e.g. ``strategy="ddp", devices=2``).
@@ -143,7 +144,8 @@ def fit(
         start = model.first_selectable_epoch()
         restore = RestoreBestWeights("val_loss", start_epoch=start)
         trainer_kwargs.setdefault("min_epochs", min(start + 1, max_epochs))
-        callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=patience, mode="min"), restore]
+        wait = max(patience, model.min_patience)
+        callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=wait, mode="min"), restore]
     if show_progress:
         callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())
     kwargs = dict(max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
