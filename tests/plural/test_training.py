@@ -144,3 +144,22 @@ def test_ddp_on_two_cpu_processes_matches_one(tmp_path):
     assert results["ddp"]["world_size"] == 2 and results["auto"]["world_size"] == 1
     assert results["ddp"]["accuracy"] > 0.75
     assert abs(results["ddp"]["accuracy"] - results["auto"]["accuracy"]) < 0.05
+
+
+def test_a_model_can_ask_for_more_patience_than_fit_was_given(monkeypatch, planted):
+    import pytorch_lightning as pl
+
+    data = planted[0]
+    patience = []
+    original = pl.callbacks.EarlyStopping
+
+    class Spy(original):
+        def __init__(self, *args, **kwargs):
+            patience.append(kwargs["patience"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pl.callbacks, "EarlyStopping", Spy)
+    make_model("ideal_point", hidden_dim=8, item_dim=4, n_components=2).fit(
+        data, patience=2, max_epochs=1, show_progress=False)
+    make_model("bradley_terry", hidden_dim=8).fit(data, patience=2, max_epochs=1, show_progress=False)
+    assert patience == [8, 2]
