@@ -19,6 +19,7 @@ import logging
 import numpy as np
 import torch
 
+from plural.laplace import stable_sigmoid
 from plural.latent import LatentUserModel, inference
 from plural.model import PreferenceModel, UserState
 from plural.store import UserStore, model_fingerprint
@@ -100,7 +101,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     elif size <= exhaustive_below:
         ids, _ = store.search(np.zeros((1, store.dim), np.float32), size)
     else:
-        query = (jac.T @ (weight * (label - _sigmoid(m0))))[None].astype(np.float32)
+        query = (jac.T @ (weight * (label - stable_sigmoid(m0))))[None].astype(np.float32)
         ids, _ = store.search(query, n_neighbors)
     ids = ids[0] if ids else []
     if not ids:
@@ -122,10 +123,6 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     return state
 
 
-def _sigmoid(m: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * m))
-
-
 def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
                        covs: np.ndarray, log_mass: np.ndarray, n_steps: int):
     """Laplace posterior of a Bradley-Terry user vector under a Gaussian-mixture prior, batched
@@ -135,7 +132,7 @@ def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.nda
     u = centres.copy()
     for _ in range(max(n_steps, 1)):
         m = m0 + u @ jac.T                                                 # (C, k)
-        s = _sigmoid(m)
+        s = stable_sigmoid(m)
         grad = (w * (y - s)) @ jac - np.einsum("cab,cb->ca", precisions, u - centres)
         hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
@@ -143,7 +140,7 @@ def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.nda
         if np.abs(step).max() < 1e-6:
             break
     m = m0 + u @ jac.T
-    s = _sigmoid(m)
+    s = stable_sigmoid(m)
     hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
     loglik = (w * (y * -np.logaddexp(0, -m) + (1 - y) * -np.logaddexp(0, m))).sum(1)
     d = u - centres

@@ -45,7 +45,8 @@ def _np64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _sigmoid(m: np.ndarray) -> np.ndarray:
+def stable_sigmoid(m: np.ndarray) -> np.ndarray:
+    """``1 / (1 + exp(-m))`` without overflow for large ``|m|`` (float64 NumPy)."""
     return 0.5 * (1.0 + np.tanh(0.5 * m))  # stable for large |m|
 
 
@@ -96,7 +97,7 @@ def gauss_newton_map(
 
     for _ in range(n_steps):
         m, jac = evaluate(u)
-        s = _sigmoid(m)
+        s = stable_sigmoid(m)
         if noise_rate > 0:
             p = noise_rate + (1 - 2 * noise_rate) * s
             dp = (1 - 2 * noise_rate) * s * (1 - s)
@@ -114,7 +115,7 @@ def gauss_newton_map(
     hessian = prec
     if n_steps > 0:  # curvature at the final point
         m, jac = evaluate(u)
-        s = _sigmoid(m)
+        s = stable_sigmoid(m)
         hessian = prec + (jac * (w * s * (1 - s))[:, None]).T @ jac
     cov = np.linalg.inv(hessian)
     cov = 0.5 * (cov + cov.T)
