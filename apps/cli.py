@@ -195,11 +195,10 @@ def _key_values(pairs: list[str]) -> dict:
         if not sep or not key.strip():
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--column")
         try:
-            out[key.strip()] = json.loads(value)
-            if not isinstance(out[key.strip()], (int, float)):
-                out[key.strip()] = value
+            parsed = json.loads(value)
         except ValueError:
-            out[key.strip()] = value
+            parsed = value
+        out[key.strip()] = parsed if isinstance(parsed, (int, float)) and not isinstance(parsed, bool) else value
     return out
 
 

@@ -95,26 +95,26 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
         fn = model._support_margins(batch)
         zero = torch.zeros(model.user_dim, dtype=torch.float64, device=model.device)
         m0, jac = (t.double().cpu().numpy() for t in fn(zero))
-    size = len(store)
-    if size == 0:
-        ids = []
-    elif size <= exhaustive_below:
-        ids, _ = store.search(np.zeros((1, store.dim), np.float32), size)
+    if len(store) <= exhaustive_below:
+        ids = store.user_ids
     else:
         query = (jac.T @ (weight * (label - stable_sigmoid(m0))))[None].astype(np.float32)
-        ids, _ = store.search(query, n_neighbors)
-    ids = ids[0] if ids else []
+        ids = store.search(query, n_neighbors)[0][0]
     if not ids:
         state = model.adapt(support)
         return (state, []) if return_neighbors else state
-    pop_mean, pop_cov = (t.double().cpu().numpy() for t in model.prior())
+    pop_mean, _, pop_precision = (t.double().cpu().numpy() for t in model._prior_and_precision())
     centres = np.concatenate([pop_mean[None], store.get(ids).astype(np.float64)])
     log_mass = np.concatenate([[np.log(max(shrinkage, 1e-12))],
                                np.full(len(ids), np.log(max(1 - shrinkage, 1e-12) / len(ids)))])
-    kernel = bandwidth ** 2 * pop_cov
-    covs = np.concatenate([pop_cov[None], np.broadcast_to(kernel, (len(ids),) + kernel.shape)])
+    # component 0 is the population prior, the others share its precision over bandwidth**2
+    k = model.user_dim
+    precisions = np.concatenate([pop_precision[None],
+                                 np.broadcast_to(pop_precision / bandwidth ** 2, (len(ids), k, k))])
+    log_det_cov = -np.linalg.slogdet(pop_precision)[1] + np.concatenate(
+        [[0.0], np.full(len(ids), 2 * k * np.log(bandwidth))])
     # margins are linear in u for low_rank; otherwise this linearises them at the population
-    mean, cov, post = _mixture_posterior(m0, jac, label, weight, centres, covs, log_mass,
+    mean, cov, post = _mixture_posterior(m0, jac, label, weight, centres, precisions, log_det_cov, log_mass,
                                          model.config.adapt_steps)
     state = UserState(vector=torch.from_numpy(mean).float(), covariance=torch.from_numpy(cov).float(),
                       n_comparisons=n)
@@ -124,11 +124,11 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
 
 
 def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
-                       covs: np.ndarray, log_mass: np.ndarray, n_steps: int):
+                       precisions: np.ndarray, log_det_cov: np.ndarray, log_mass: np.ndarray, n_steps: int):
     """Laplace posterior of a Bradley-Terry user vector under a Gaussian-mixture prior, batched
-    over the C components: margins ``m0 + jac @ u``; component c is ``N(centres[c], covs[c])`` with
-    prior mass ``exp(log_mass[c])``. Returns ``(mean (K,), covariance (K, K), weights (C,))``."""
-    precisions = np.linalg.inv(covs)                                       # (C, K, K)
+    over the C components: margins ``m0 + jac @ u``; component c is ``N(centres[c], precisions[c]^-1)``
+    (``(C, K, K)``; ``log_det_cov[c]`` the log-determinant of its covariance) with prior mass
+    ``exp(log_mass[c])``. Returns ``(mean (K,), covariance (K, K), weights (C,))``."""
     u = centres.copy()
     for _ in range(max(n_steps, 1)):
         m = m0 + u @ jac.T                                                 # (C, k)
@@ -144,7 +144,7 @@ def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.nda
     hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
     loglik = (w * (y * -np.logaddexp(0, -m) + (1 - y) * -np.logaddexp(0, m))).sum(1)
     d = u - centres
-    log_prior = -0.5 * np.einsum("ca,cab,cb->c", d, precisions, d) - 0.5 * np.linalg.slogdet(covs)[1]
+    log_prior = -0.5 * np.einsum("ca,cab,cb->c", d, precisions, d) - 0.5 * log_det_cov
     log_evidence = log_mass + loglik + log_prior - 0.5 * np.linalg.slogdet(hess)[1]
     post = np.exp(log_evidence - log_evidence.max())
     post /= post.sum()

@@ -6,23 +6,14 @@ from plural.active import (ActiveSession, answer_entropy, binary_entropy, expect
                            expected_target_variance_reduction, margin_information_gain, rank_questions,
                            simulate_session)
 from plural.batch import comparison_batch
-from plural.data.splits import make_episodes, split_comparisons, split_users
-from plural.data.synthetic import make_mixture
 from plural.evaluation import pairwise_accuracy
 from plural.model import make_model
 
 
 @pytest.fixture(scope="module")
-def setup():
-    """Two planted user types; a low-rank model trained on the seen users."""
-    syn = make_mixture(n_types=2, n_users=100, n_items=150, dim=16, comparisons_per_user=80,
-                       type_weights=[0.5, 0.5], scale=12.0, shared_weight=0.2, random_state=3)
-    data = syn.data
-    seen, unseen = split_users(data, 0.25, random_state=0)
-    split = split_comparisons(data, seen, mode="comparisons", random_state=0)
-    model = make_model("low_rank", hidden_dim=32, n_components=2, item_dim=8).fit(
-        data, train_rows=split.train, val_rows=split.val, max_epochs=25, batch_size=128, show_progress=False)
-    episodes = make_episodes(data, unseen, n_draws=2, min_query=10, random_state=0)
+def setup(two_types):
+    """Two planted user types; a low-rank model trained on the seen users (``tests/conftest.py``)."""
+    _, data, model, episodes = two_types
     return data, model, episodes
 
 

@@ -4,23 +4,13 @@ import torch
 
 from plural.adapt import build_user_store, neighbours_table, personalize, personalize_fn
 from plural.batch import comparison_batch
-from plural.data.splits import make_episodes, split_comparisons, split_users
-from plural.data.synthetic import make_mixture
 from plural.fewshot import curve_value, few_shot_curve
 from plural.model import make_model
 
 
 @pytest.fixture(scope="module")
-def setup():
-    syn = make_mixture(n_types=2, n_users=100, n_items=150, dim=16, comparisons_per_user=80,
-                       type_weights=[0.5, 0.5], scale=12.0, shared_weight=0.2, random_state=3)
-    data = syn.data
-    seen, unseen = split_users(data, 0.25, random_state=0)
-    split = split_comparisons(data, seen, mode="comparisons", random_state=0)
-    model = make_model("low_rank", hidden_dim=32, n_components=2, item_dim=8).fit(
-        data, train_rows=split.train, val_rows=split.val, max_epochs=25, batch_size=128, show_progress=False)
-    episodes = make_episodes(data, unseen, n_draws=2, min_query=10, random_state=0)
-    return syn, data, model, episodes
+def setup(two_types):
+    return two_types
 
 
 def test_store_holds_the_training_users(setup):
