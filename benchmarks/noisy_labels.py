@@ -17,7 +17,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from plural.data.splits import split_comparisons, split_users
 from plural.data.synthetic import make_mixture

@@ -90,7 +90,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     model.check_features(support["features_a"])
     batch = {k: v.to(model.device) for k, v in support.items()}
     label = batch["label"].double().cpu().numpy()
-    weight = batch["weight"].double().cpu().numpy()
+    weight = model.support_weight(batch).double().cpu().numpy()
     with inference(model):
         fn = model._support_margins(batch)
         zero = torch.zeros(model.user_dim, dtype=torch.float64, device=model.device)

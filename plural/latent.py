@@ -19,6 +19,7 @@ from torch import nn
 
 from plural.laplace import gauss_newton_map
 from plural.layers import HybridItems
+from plural.likelihood import independent_share
 from plural.model import ModelConfig, PreferenceModel, UserState
 
 
@@ -55,6 +56,12 @@ class LatentConfig(ModelConfig):
     Polis gained as much (150 unseen users, one draw)."""
     prior_floor: float = 1e-3
     """Added to the diagonal of the empirical prior covariance used by ``adapt``."""
+    temper_support: bool = True
+    """``adapt`` multiplies the support's comparison weights by their independent share
+    (``plural.likelihood.independent_share``): pairs formed from one user's votes or ratings repeat
+    the same judgements, and counted as independent they make the posterior overconfident. On Polis
+    (low_rank, one seed, 100 unseen users) it raised the k=50 gain from +0.4 to +0.8, and from +0.5
+    to +1.3 at K=3; natively pairwise supports with no repeated items are unchanged."""
 
     def validate(self) -> None:
         super().validate()
@@ -72,6 +79,15 @@ class LatentConfig(ModelConfig):
             raise ValueError(f"user_lr_multiplier must be > 0, got {self.user_lr_multiplier!r}")
         if self.adapt_steps < 0:
             raise ValueError(f"adapt_steps must be >= 0, got {self.adapt_steps!r}")
+
+
+def support_weight(support: dict, temper: bool = True) -> torch.Tensor:
+    """``(k,)`` likelihood weights of a new user's support: its comparison weights, times their
+    independent share (``plural.likelihood.independent_share``) when ``temper``."""
+    weight = support["weight"]
+    if not temper:
+        return weight
+    return weight * independent_share(support["item_a"], support["item_b"])
 
 
 @contextlib.contextmanager
@@ -243,9 +259,14 @@ class LatentUserModel(PreferenceModel):
             fn = self._support_margins({k: v.to(self.device) for k, v in support.items()})
             u, post_cov = gauss_newton_map(
                 fn, support["label"].to(self.device), mean, precision,
-                weight=support["weight"].to(self.device), n_steps=self.config.adapt_steps,
+                weight=self.support_weight(support).to(self.device), n_steps=self.config.adapt_steps,
                 noise_rate=self.config.noise_rate)
         return UserState(vector=u.float().cpu(), covariance=post_cov.float().cpu(), n_comparisons=n)
+
+    def support_weight(self, support: dict) -> torch.Tensor:
+        """``(k,)`` weights of the support's comparisons in ``adapt``'s likelihood: their own
+        weights, tempered by their independent share when ``config.temper_support``."""
+        return support_weight(support, self.config.temper_support)
 
     def _support_margins(self, support: dict):
         """``u -> (margins (k,), jacobian (k, K))`` for the support's comparisons. The default

@@ -54,3 +54,54 @@ def bradley_terry_nll(
         denom = weight.sum().clamp_min(1e-12) if weight is not None else loss.new_tensor(len(loss))
         return loss.sum() / denom
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def independent_share(item_a, item_b) -> float:
+    """Share of a set of comparisons that carries independent evidence: ``min(1, r / n)`` for ``n``
+    comparisons whose comparison graph (items as nodes, comparisons as edges) has rank ``r = m - c``
+    (``m`` distinct items, ``c`` connected components), the number of independent score differences
+    the comparisons can pin down.
+
+    Pairs formed from one user's ratings or votes repeat the same judgements: 50 pairs among 15
+    voted statements determine at most 14 differences, and a likelihood that counts them as 50
+    independent comparisons makes the user's posterior overconfident (composite-likelihood
+    tempering multiplies their weights by this share). A forest of comparisons (every natively
+    pairwise support with no repeated items, such as most UKPConvArg1 workers') gets 1.
+
+    Args:
+        item_a, item_b: ``(n,)`` integer item indices (arrays or tensors); -1 marks an item with no
+            index, counted as distinct from every other.
+
+    Returns:
+        A float in ``(0, 1]``; 1.0 for an empty set.
+
+    Example:
+        >>> independent_share([0, 0, 1], [1, 1, 2])   # 3 comparisons, 3 items, 1 component
+        0.6666666666666666
+    """
+    a = item_a.tolist() if hasattr(item_a, "tolist") else list(item_a)
+    b = item_b.tolist() if hasattr(item_b, "tolist") else list(item_b)
+    n = len(a)
+    if n != len(b):
+        raise ValueError(f"item_a and item_b must have the same length, got {n} and {len(b)}")
+    if n == 0:
+        return 1.0
+    parent: dict = {}
+
+    def find(x):
+        root = x
+        while parent.setdefault(root, root) != root:
+            root = parent[root]
+        while parent[x] != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    rank = 0
+    for i, (x, y) in enumerate(zip(a, b)):
+        x = ("new", i, 0) if x < 0 else x
+        y = ("new", i, 1) if y < 0 else y
+        rx, ry = find(x), find(y)
+        if rx != ry:  # the comparison joins two components: one more independent difference
+            parent[rx] = ry
+            rank += 1
+    return max(rank, 1) / n if rank < n else 1.0

@@ -23,6 +23,7 @@ Design (memory first: a million 32-d users take the FAISS index plus about 150 b
   ``metadata.json`` for the extra metadata) beside its target and swaps it in with ``os.replace``;
   loading never unpickles anything and checks the model fingerprint and dimension it is asked to.
   Stores saved in format version 1 (``IndexIDMap2``, ``vectors.npy``, ``ids.json``) still load.
+  The on-disk format and its readers live in ``plural.store_files``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,31 +40,15 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from plural.store_files import (COUNTERS, FORMAT_VERSION, INDEX_KINDS, METRICS, StoreError, encode_ids,
+                                import_faiss, read_manifest, read_v1, read_v2, replace_directory,
+                                saved_directory)
+
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-_LOADABLE_VERSIONS = (1, 2)
 AUTO_HNSW_THRESHOLD = 50_000
 REBUILD_FRACTION = 0.2
-_METRICS = ("l2", "ip")
-_INDEX_KINDS = ("auto", "flat", "hnsw")
-_MANIFEST_KEYS = ("format_version", "dim", "metric", "index", "model_fingerprint", "count",
-                  "created_at", "updated_at")
-_COUNTERS = ("n_comparisons", "updated_at")  # metadata kept in arrays, not in the extra dicts
 _CHUNK = 1 << 16  # rows read back from FAISS at a time when rebuilding
-
-
-class StoreError(ValueError):
-    """A saved store that cannot be loaded as asked: missing or corrupt files, wrong model or dim."""
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError("UserStore needs FAISS: pip install faiss-cpu (or plural[gpu] for "
-                          "faiss-gpu-cu12)") from err
-    return faiss
 
 
 def _as_id_list(user_ids: str | Iterable[str]) -> list[str]:
@@ -81,27 +64,6 @@ def _with_capacity(a: np.ndarray, capacity: int, used: int) -> np.ndarray:
     out = (np.empty if a.dtype == object else np.zeros)((capacity,) + a.shape[1:], dtype=a.dtype)
     out[:used] = a[:used]
     return out
-
-
-def _encode_ids(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """User ids as ``(offsets (n + 1,) int64, UTF-8 bytes (offsets[-1],) uint8)``."""
-    joined = "".join(names)
-    blob = joined.encode("utf-8", "surrogatepass")
-    if len(blob) == len(joined):  # ASCII: one byte per character
-        lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
-    else:
-        lengths = np.fromiter((len(u.encode("utf-8", "surrogatepass")) for u in names),
-                              dtype=np.int64, count=len(names))
-    offsets = np.zeros(len(names) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets, np.frombuffer(blob, dtype=np.uint8)
-
-
-def _decode_ids(offsets: np.ndarray, blob: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`_encode_ids`: an ``(n,)`` object array of str."""
-    raw = memoryview(blob)
-    pieces = (str(raw[a:b], "utf-8", "surrogatepass") for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist()))
-    return np.fromiter(pieces, dtype=object, count=len(offsets) - 1)
 
 
 class UserStore:
@@ -132,15 +94,15 @@ class UserStore:
                  use_gpu: bool | None = None) -> None:
         if not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
-        if index not in _INDEX_KINDS:
-            raise ValueError(f"index must be one of {_INDEX_KINDS}, got {index!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        if index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
         if hnsw_m < 2 or hnsw_ef_search < 1:
             raise ValueError(f"hnsw_m must be >= 2 and hnsw_ef_search >= 1, got {hnsw_m!r}, {hnsw_ef_search!r}")
         if hnsw_ef_construction is not None and hnsw_ef_construction < 1:
             raise ValueError(f"hnsw_ef_construction must be >= 1, got {hnsw_ef_construction!r}")
-        faiss = _faiss()
+        faiss = import_faiss()
         if index == "auto":
             index = "hnsw" if (expected_size or 0) >= AUTO_HNSW_THRESHOLD else "flat"
         if use_gpu is None:
@@ -174,7 +136,7 @@ class UserStore:
 
     # ------------------------------------------------------------------ index plumbing
     def _new_index(self):
-        faiss = _faiss()
+        faiss = import_faiss()
         faiss_metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
         if self.index_kind == "hnsw":
             index = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss_metric)
@@ -184,13 +146,13 @@ class UserStore:
         return self._to_gpu(index) if self.use_gpu else index
 
     def _to_gpu(self, index):
-        faiss = _faiss()
+        faiss = import_faiss()
         if not hasattr(faiss, "index_cpu_to_all_gpus") or getattr(faiss, "get_num_gpus", lambda: 0)() < 1:
             raise ImportError("use_gpu=True needs faiss-gpu and a visible GPU: pip install plural[gpu]")
         return faiss.index_cpu_to_all_gpus(index)
 
     def _cpu_index(self):
-        return _faiss().index_gpu_to_cpu(self._index) if self.use_gpu else self._index
+        return import_faiss().index_gpu_to_cpu(self._index) if self.use_gpu else self._index
 
     @property
     def _can_remove(self) -> bool:
@@ -306,7 +268,7 @@ class UserStore:
         for j, u in enumerate(ids):
             self._int_of[u] = start + j
             if metadata is not None and metadata[j]:
-                extra = {key: v for key, v in metadata[j].items() if key not in _COUNTERS}
+                extra = {key: v for key, v in metadata[j].items() if key not in COUNTERS}
                 if "n_comparisons" in metadata[j]:
                     counts[j] = metadata[j]["n_comparisons"]
                 if extra:
@@ -489,21 +451,17 @@ class UserStore:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the store to the directory ``path``, replacing an earlier save atomically.
+        """Write the store to the directory ``path``, replacing an earlier save atomically
+        (``plural.store_files.replace_directory``: a crash midway leaves the previous save loadable).
 
         The directory holds ``manifest.json``, ``index.faiss`` (the bare FAISS index, tombstones
         included), ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy``
         and ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy``
         (one entry per live user) and ``metadata.json`` (the extra metadata of the users who have some).
         """
-        faiss = _faiss()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss = import_faiss()
         with self._lock:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
-            old = path.with_name(f".{path.name}.old")
-            moved_aside = False
-            try:
+            def fill(tmp: Path) -> None:
                 live = self._live_ids()
                 names = self._users[live].tolist()
                 manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
@@ -512,7 +470,7 @@ class UserStore:
                             "created_at": self.created_at, "updated_at": self.updated_at,
                             "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
                             "hnsw_ef_construction": self.hnsw_ef_construction}
-                offsets, blob = _encode_ids(names)
+                offsets, blob = encode_ids(names)
                 arrays = {"rows": self._rows(live).astype(np.int64), "user_id_offsets": offsets,
                           "user_id_bytes": blob, "n_comparisons": self._n_comparisons[live],
                           "updated_at": self._updated_at[live]}
@@ -522,22 +480,8 @@ class UserStore:
                                                                if u in self._extra}))
                 faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-                if path.exists():
-                    if old.exists():
-                        shutil.rmtree(old)
-                    os.replace(path, old)
-                    moved_aside = True
-                os.replace(tmp, path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if moved_aside and not path.exists():
-                    try:
-                        os.replace(old, path)
-                    except OSError:  # load() falls back to the .old directory
-                        logger.warning("save to %s failed; the previous store is left at %s", path, old)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        return path
+
+            return replace_directory(Path(path), fill)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
@@ -553,19 +497,15 @@ class UserStore:
         Raises:
             StoreError (a ValueError): missing or corrupt files, or a fingerprint or dim mismatch.
         """
-        path = Path(path)
-        old = path.with_name(f".{path.name}.old")
-        if not (path / "manifest.json").is_file() and (old / "manifest.json").is_file():
-            logger.warning("%s is missing; loading the previous save left at %s", path, old)
-            path = old
-        manifest = _read_manifest(path)
+        path = saved_directory(Path(path))
+        manifest = read_manifest(path)
         if expected_fingerprint is not None and manifest["model_fingerprint"] != expected_fingerprint:
             raise StoreError(f"{path} was saved for model fingerprint {manifest['model_fingerprint']!r}, "
                              f"expected {expected_fingerprint!r}")
         if expected_dim is not None and manifest["dim"] != expected_dim:
             raise StoreError(f"{path} holds {manifest['dim']}-d vectors, expected {expected_dim}-d")
         try:
-            read = _read_v1 if manifest["format_version"] == 1 else _read_v2
+            read = read_v1 if manifest["format_version"] == 1 else read_v2
             index, rows, names, counts, updated, extra = read(path, manifest)
         except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
             if isinstance(err, StoreError):
@@ -613,89 +553,6 @@ class UserStore:
             self._gpu_vectors = index.reconstruct_n(0, n_rows) if n_rows else self._gpu_vectors
             index = self._to_gpu(index)
         self._index = index
-
-
-def _read_v2(path: Path, manifest: dict):
-    """The parts of a version-2 save: ``(index, rows, names, n_comparisons, updated_at, extra)``."""
-    faiss = _faiss()
-    # Memory-mapped: read once, copied where kept, so they leave no freed slack in the heap.
-    arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-              for name in ("rows", "user_id_offsets", "user_id_bytes", "n_comparisons", "updated_at")}
-    extra = json.loads((path / "metadata.json").read_text())
-    index = faiss.read_index(str(path / "index.faiss"))
-    n, dim, n_rows = manifest["count"], manifest["dim"], manifest.get("n_rows", manifest["count"])
-    rows, offsets, blob = arrays["rows"], arrays["user_id_offsets"], arrays["user_id_bytes"]
-    shapes_ok = (rows.shape == arrays["n_comparisons"].shape == arrays["updated_at"].shape == (n,)
-                 and offsets.shape == (n + 1,) and blob.ndim == 1
-                 and rows.dtype == offsets.dtype == arrays["n_comparisons"].dtype == np.int64
-                 and arrays["updated_at"].dtype == np.float64 and blob.dtype == np.uint8)
-    if (not shapes_ok or index.d != dim or index.ntotal != n_rows or not isinstance(extra, dict)
-            or not all(isinstance(meta, dict) for meta in extra.values())):
-        raise StoreError(f"{path} is inconsistent: manifest says {n} users x {dim} in {n_rows} rows, index "
-                         f"holds {index.ntotal} x {index.d}, rows {rows.shape} {rows.dtype}")
-    if n and (rows[0] < 0 or rows[-1] >= n_rows or not np.all(rows[1:] > rows[:-1]) or offsets[0] != 0
-              or offsets[-1] != blob.size or not np.all(offsets[1:] >= offsets[:-1])):
-        raise StoreError(f"{path} is inconsistent: rows or user id offsets out of order or range")
-    names = _decode_ids(offsets, blob)
-    return index, rows, names, arrays["n_comparisons"], arrays["updated_at"], extra
-
-
-def _read_v1(path: Path, manifest: dict):
-    """The parts of a version-1 save (``IndexIDMap2``, ``vectors.npy``, ``ids.json``), as :func:`_read_v2`."""
-    faiss = _faiss()
-    vectors = np.load(path / "vectors.npy", mmap_mode="r", allow_pickle=False)  # the shape check only
-    ids = json.loads((path / "ids.json").read_text())
-    id_map = faiss.read_index(str(path / "index.faiss"))
-    n, dim = manifest["count"], manifest["dim"]
-    int_ids = np.asarray(ids.get("int_ids", []), dtype=np.int64)
-    tombstones = np.asarray(ids.get("tombstones", []), dtype=np.int64)
-    if (vectors.shape != (n, dim) or vectors.dtype != np.float32 or len(int_ids) != n
-            or len(ids.get("user_ids", [])) != n or len(ids.get("metadata", [])) != n
-            or id_map.d != dim or id_map.ntotal != n + len(tombstones) or not hasattr(id_map, "id_map")):
-        raise StoreError(f"{path} is inconsistent: manifest says {n} x {dim}, vectors are "
-                         f"{vectors.shape} {vectors.dtype}, index holds {id_map.ntotal} x {id_map.d}")
-    labels = faiss.vector_to_array(id_map.id_map).astype(np.int64)  # row -> version-1 int id
-    index = faiss.clone_index(id_map.index)  # the bare index, owned by Python
-    del id_map
-    order = np.argsort(labels, kind="stable")
-    pos = np.searchsorted(labels, int_ids, sorter=order)
-    if n and (pos.max() >= len(labels) or np.any(labels[order[pos]] != int_ids)):
-        raise StoreError(f"{path} is inconsistent: a stored user's id is not in the index")
-    rows = order[pos]
-    by_row = np.argsort(rows)
-    rows = rows[by_row].astype(np.int64)
-    users, metas = ids["user_ids"], ids["metadata"]
-    names = np.fromiter((users[j] for j in by_row.tolist()), dtype=object, count=n)
-    metas = [metas[j] for j in by_row.tolist()]
-    counts = np.asarray([m.get("n_comparisons", 0) for m in metas], dtype=np.int64)
-    updated = np.asarray([m.get("updated_at", manifest["updated_at"]) for m in metas], dtype=np.float64)
-    extra = {}
-    for u, m in zip(names, metas):
-        rest = {key: v for key, v in m.items() if key not in _COUNTERS}
-        if rest:
-            extra[u] = rest
-    return index, rows, names, counts, updated, extra
-
-
-def _read_manifest(path: Path) -> dict:
-    file = path / "manifest.json"
-    if not file.is_file():
-        raise StoreError(f"{path} is not a saved UserStore (no manifest.json)")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise StoreError(f"{file} is corrupt: {err}") from None
-    if not isinstance(manifest, dict):
-        raise StoreError(f"{file} is corrupt: expected a JSON object, got {type(manifest).__name__}")
-    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise StoreError(f"{file} is corrupt: missing keys {missing}")
-    if manifest["format_version"] not in _LOADABLE_VERSIONS:
-        raise StoreError(f"{path}: format version {manifest['format_version']!r} is not supported "
-                         f"(expected one of {_LOADABLE_VERSIONS})")
-    if manifest["metric"] not in _METRICS or manifest["index"] not in _INDEX_KINDS[1:]:
-        raise StoreError(f"{file} is corrupt: metric {manifest['metric']!r}, index {manifest['index']!r}")
-    return manifest
 
 
 def model_fingerprint(model) -> str:

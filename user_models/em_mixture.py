@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plural.batch import ComparisonDataset
-from plural.latent import LatentConfig, inference
+from plural.latent import LatentConfig, inference, support_weight
 from plural.layers import HybridItems
 from plural.label_noise import (categorical_covariance, em_round, fit_margin_scale, mixture_logit,
                                  noisy_label_log_likelihood, rows_of)
@@ -331,6 +331,6 @@ class EMMixture(PreferenceModel):
             batch = {key: value.to(self.device) for key, value in support.items()}
             log_lik, _ = noisy_label_log_likelihood(self.head_margins(batch), batch["label"],
                                                     self.label_noise)
-            log_post = torch.log(weights).double() + (log_lik * batch["weight"].unsqueeze(-1)).sum(0).double()
+            log_post = torch.log(weights).double() + (log_lik * support_weight(batch, self.config.temper_support).unsqueeze(-1)).sum(0).double()
             posterior = torch.softmax(log_post, dim=-1).float().cpu()
         return UserState(vector=posterior, covariance=categorical_covariance(posterior), n_comparisons=n)

@@ -91,3 +91,24 @@ def test_searched_and_exhaustive_stores_agree_when_the_search_returns_everyone(s
     whole = personalize(model, store, support)
     searched = personalize(model, store, support, exhaustive_below=0, n_neighbors=len(store))
     torch.testing.assert_close(whole.vector, searched.vector, atol=1e-5, rtol=1e-5)
+
+
+def test_a_repeated_comparison_counts_once_when_tempered(setup):
+    _, data, model, episodes = setup
+    one = comparison_batch(data, episodes[0].support(1), model)
+    repeated = {key: value.repeat(5) if value.ndim == 1 else value.repeat(5, 1) for key, value in one.items()}
+    single = model.adapt(one)
+    tempered = model.adapt(repeated)
+    torch.testing.assert_close(tempered.vector, single.vector, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tempered.covariance, single.covariance, rtol=1e-4, atol=1e-5)
+    # through the store too: the same five copies give the single comparison's posterior
+    store = build_user_store(model)
+    torch.testing.assert_close(personalize(model, store, repeated).vector, personalize(model, store, one).vector,
+                               rtol=1e-4, atol=1e-5)
+    model.config.temper_support = False
+    try:
+        untempered = model.adapt(repeated)
+    finally:
+        model.config.temper_support = True
+    # counted five times, the same evidence claims a tighter posterior
+    assert torch.trace(untempered.covariance) < torch.trace(single.covariance) - 1e-4

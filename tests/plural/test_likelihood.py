@@ -1,9 +1,11 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
-from plural.likelihood import bradley_terry_nll, preference_probability
+from plural.likelihood import bradley_terry_nll, independent_share, preference_probability
 
 
 def test_probability_is_sigmoid_without_noise():
@@ -41,3 +43,36 @@ def test_weights_and_ties():
 def test_bad_reduction():
     with pytest.raises(ValueError, match="reduction"):
         bradley_terry_nll(torch.zeros(2), torch.zeros(2), reduction="max")
+
+
+def _graph_rank(a, b) -> int:
+    """Rank of the comparison graph's incidence matrix: the reference for independent_share."""
+    items = sorted(set(a) | set(b))
+    pos = {item: i for i, item in enumerate(items)}
+    incidence = np.zeros((len(a), len(items)))
+    for row, (x, y) in enumerate(zip(a, b)):
+        incidence[row, pos[x]], incidence[row, pos[y]] = 1.0, -1.0
+    return int(np.linalg.matrix_rank(incidence))
+
+
+def test_independent_share_is_the_comparison_graphs_rank_over_its_size():
+    rng = np.random.default_rng(0)
+    for n_items, n in [(4, 3), (6, 10), (15, 50), (40, 30), (3, 12)]:
+        a = rng.integers(0, n_items, n)
+        b = (a + rng.integers(1, n_items, n)) % n_items  # never an item against itself
+        expected = min(1.0, _graph_rank(a.tolist(), b.tolist()) / n)
+        assert independent_share(a, b) == pytest.approx(expected)
+        assert independent_share(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected)
+
+
+def test_independent_share_special_cases():
+    assert independent_share([0, 1, 2], [1, 2, 3]) == 1.0           # a chain: a forest
+    assert independent_share([0] * 5, [1] * 5) == pytest.approx(0.2)  # one pair repeated
+    # all pairs between 3 agreed and 3 disagreed statements: 9 pairs, 6 items, rank 5
+    agreed, disagreed = [0, 1, 2], [3, 4, 5]
+    a, b = zip(*[(x, y) for x in agreed for y in disagreed])
+    assert independent_share(a, b) == pytest.approx(5 / 9)
+    assert independent_share([-1, -1], [-1, -1]) == 1.0             # items without an index: distinct
+    assert independent_share([], []) == 1.0
+    with pytest.raises(ValueError, match="same length"):
+        independent_share([0, 1], [2])
