@@ -78,6 +78,7 @@ def test_registered_through_entry_points():
     ("free_bits", -0.1, "free_bits must be >= 0"),
     ("context_size", 0, "context_size must be >= 1"),
     ("encoder_hidden", 0, "encoder_hidden must be >= 1"),
+    ("encoder_lr_multiplier", 0.0, "encoder_lr_multiplier must be > 0"),
 ])
 def test_config_is_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -218,3 +219,18 @@ def test_varied_context_sizes_keep_between_one_and_all():
             assert ((p >= indptr[u]) & (p < indptr[u + 1])).all() and len(p.unique()) == len(p)
         sizes.append(int(counts[1]))
     assert min(sizes) < 4 and max(sizes) > 6
+
+
+def test_encoder_reading_features_with_a_faster_encoder(fast_fit, tmp_path):
+    data, train_rows, new_users = two_types()
+    model = make_model("vpl", **SMALL, encoder_reads_features=True, encoder_lr_multiplier=10.0).fit(
+        data, train_rows=train_rows, random_state=0, **dict(fast_fit, max_epochs=10))
+    assert model.encoder.feature_map.in_features == DIM
+    rates = sorted(group["lr"] for group in model.configure_optimizers().param_groups)
+    assert rates == pytest.approx([SMALL["learning_rate"], 10 * SMALL["learning_rate"]])
+    gains = [accuracy(model, data, q, model.adapt(comparison_batch(data, s, model)))
+             - accuracy(model, data, q, model.adapt(None)) for _, s, q in new_users]
+    assert np.mean(gains) > 0.1, gains
+    loaded = load_model(save_model(model, tmp_path / "vpl"))
+    support = comparison_batch(data, new_users[0][1], model)
+    assert torch.equal(loaded.adapt(support).vector, model.adapt(support).vector)
