@@ -79,12 +79,14 @@ def episode_accuracy(data, mean, factors, episode, k: int, rank: int, lam: float
     return float(hit[data.label[q] != 0.5].mean())
 
 
-def run(seed: int, n_users: int) -> dict:
-    data = load_dataset("polis")
+def run(data, seed: int, n_users: int) -> dict:
+    """``{"rank=..,lam=..": {k: {"accuracy", "gain_vs_k0"}}}`` on ``data``'s bench episodes for ``seed``."""
+    if data.context is None or (data.context < 0).any():
+        raise ValueError("headroom needs every comparison's conversation as its context")
     seen, unseen = split_users(data, 0.2, random_state=seed)
     split = split_comparisons(data, seen, mode="items", random_state=seed)
     rng = np.random.default_rng(seed)  # the users and episodes plural bench scores
-    scored = np.sort(rng.choice(unseen, n_users, replace=False))
+    scored = np.sort(rng.choice(unseen, min(n_users, len(unseen)), replace=False))
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     mean, factors = fit_factors(data, split.train, max(r for r, _ in GRID))
     out = {}
@@ -93,6 +95,8 @@ def run(seed: int, n_users: int) -> dict:
                    for e in episodes if k <= len(e.support_pool)} for k in DEFAULT_SHOTS}
         curve = {}
         for k in DEFAULT_SHOTS:
+            if not acc[k]:  # no user's support reaches k
+                continue
             per_user: dict[int, list[tuple[float, float]]] = {}
             for key, a in acc[k].items():
                 per_user.setdefault(key[0], []).append((a, a - acc[0][key]))
@@ -102,26 +106,30 @@ def run(seed: int, n_users: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--out", default="runs/polis_headroom.json")
-    args = parser.parse_args()
-    runs = [run(int(s), args.users) for s in args.seeds.split(",")]
+    parser.add_argument("--data", default="polis", help="a bundled dataset whose contexts are conversations")
+    args = parser.parse_args(argv)
+    data = load_dataset(args.data)
+    runs = [run(data, int(s), args.users) for s in args.seeds.split(",")]
+    ks = [k for k in DEFAULT_SHOTS if all(k in curve for r in runs for curve in r.values())]
     table = {name: {k: {f: float(np.mean([r[name][k][f] for r in runs])) for f in ("accuracy", "gain_vs_k0")}
-                    for k in DEFAULT_SHOTS} for name in runs[0]}
+                    for k in ks} for name in runs[0]}
     print("paired gain over k=0 (accuracy %), mean over seeds " + args.seeds)
-    print("setting        " + " ".join(f"{'k=' + str(k):>13s}" for k in DEFAULT_SHOTS))
+    print("setting        " + " ".join(f"{'k=' + str(k):>13s}" for k in ks))
     for name, curve in table.items():
         print(f"{name:14s} " + " ".join(f"{100 * c['accuracy']:6.1f} ({100 * c['gain_vs_k0']:+.1f})"
                                         for c in curve.values()))
-    best = {k: max(table.values(), key=lambda c: c[k]["gain_vs_k0"])[k] for k in DEFAULT_SHOTS}
+    best = {k: max(table.values(), key=lambda c: c[k]["gain_vs_k0"])[k] for k in ks}
     print("best per k     " + " ".join(f"{100 * c['accuracy']:6.1f} ({100 * c['gain_vs_k0']:+.1f})"
                                        for c in best.values()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"seeds": args.seeds, "users": args.users, "table": table,
                                           "best_per_k": best}, indent=2))
+    return {"table": table, "best_per_k": best}
 
 
 if __name__ == "__main__":
