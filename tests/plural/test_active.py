@@ -57,21 +57,35 @@ def test_eig_is_zero_for_items_with_the_same_representation(setup):
     candidates = {"features_a": x, "features_b": x.clone(), "item_a": torch.full((3,), -1),
                   "item_b": torch.full((3,), -1)}
     eig = expected_information_gain(model, model.population_state(), candidates)
-    assert eig.abs().max() < 1e-9
+    # zero up to float32 rounding: both sides go through the item network in one batched pass, where
+    # two equal rows need not round alike (8.9e-8 nats seen on one machine, against > 0.05 for real pairs)
+    assert eig.abs().max() < 1e-6
 
 
-def test_eig_of_a_pair_shrinks_as_it_is_answered_again_and_again(setup):
+def test_eig_of_a_pair_shrinks_once_answered_and_repeats_add_nothing_when_tempered(setup):
     data, model, episodes = setup
     ep = episodes[0]
     candidates = comparison_batch(data, ep.support_pool, model)
     best = int(rank_questions(model, model.population_state(), candidates, n=1)[0])
     pair = {k: v[best:best + 1] for k, v in candidates.items()}
-    gains = []
-    for n in (0, 1, 5, 20):
-        support = {k: v.repeat_interleave(n, dim=0) for k, v in pair.items()}
-        gains.append(float(expected_information_gain(model, model.adapt(support), pair)[0]))
-    assert all(a > b for a, b in zip(gains, gains[1:])), gains
-    assert gains[-1] < 0.25 * gains[0], gains
+
+    def gains():
+        out = []
+        for n in (0, 1, 5, 20):
+            support = {k: v.repeat_interleave(n, dim=0) for k, v in pair.items()}
+            out.append(float(expected_information_gain(model, model.adapt(support), pair)[0]))
+        return out
+
+    tempered = gains()  # the same judgement repeated is one judgement (temper_support)
+    assert tempered[1] < tempered[0]
+    assert tempered[2] == pytest.approx(tempered[1], rel=1e-5) and tempered[3] == pytest.approx(tempered[1], rel=1e-5)
+    model.config.temper_support = False
+    try:
+        counted = gains()  # counted as independent, every repeat claims more certainty
+    finally:
+        model.config.temper_support = True
+    assert all(a > b for a, b in zip(counted, counted[1:])), counted
+    assert counted[-1] < 0.25 * counted[0], counted
 
 
 def test_rank_questions_orders_by_eig(setup):
