@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from plural.laplace import stable_sigmoid
-from plural.latent import LatentUserModel, inference
+from plural.latent import LatentUserModel, inference, support_weight
 from plural.model import PreferenceModel, UserState
 from plural.store import UserStore, model_fingerprint
 
@@ -90,7 +90,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     model.check_features(support["features_a"])
     batch = {k: v.to(model.device) for k, v in support.items()}
     label = batch["label"].double().cpu().numpy()
-    weight = model.support_weight(batch).double().cpu().numpy()
+    weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
     with inference(model):
         fn = model._support_margins(batch)
         zero = torch.zeros(model.user_dim, dtype=torch.float64, device=model.device)

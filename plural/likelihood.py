@@ -104,4 +104,4 @@ def independent_share(item_a, item_b) -> float:
         if rx != ry:  # the comparison joins two components: one more independent difference
             parent[rx] = ry
             rank += 1
-    return max(rank, 1) / n if rank < n else 1.0
+    return min(1.0, max(rank, 1) / n)  # rank 0 only if every comparison is an item against itself

@@ -331,6 +331,7 @@ class EMMixture(PreferenceModel):
             batch = {key: value.to(self.device) for key, value in support.items()}
             log_lik, _ = noisy_label_log_likelihood(self.head_margins(batch), batch["label"],
                                                     self.label_noise)
-            log_post = torch.log(weights).double() + (log_lik * support_weight(batch, self.config.temper_support).unsqueeze(-1)).sum(0).double()
+            comparison_weight = support_weight(batch, self.config.temper_support)
+            log_post = torch.log(weights).double() + (log_lik * comparison_weight.unsqueeze(-1)).sum(0).double()
             posterior = torch.softmax(log_post, dim=-1).float().cpu()
         return UserState(vector=posterior, covariance=categorical_covariance(posterior), n_comparisons=n)

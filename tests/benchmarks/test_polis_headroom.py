@@ -49,7 +49,6 @@ def test_the_reference_personalizes_planted_groups(headroom):
     best = curves["rank=2,lam=0.3"]
     assert best[10]["gain_vs_k0"] > 0.05, best
     assert best[10]["accuracy"] > best[0]["accuracy"]
-    assert abs(best[0]["gain_vs_k0"]) < 1e-12
     assert 50 not in best  # no planted voter's support reaches 50 comparisons
 
 
