@@ -74,6 +74,23 @@ class BenchConfig:
 SYNTHETIC = ("synthetic_mixture", "synthetic_noisy", "synthetic_length")
 
 
+def bench_synthetic(name: str, quick: bool = False, random_state: int = 0):
+    """The generator output (``plural.data.synthetic.SyntheticData``, with true user types) behind
+    one of the bench's synthetic sets (``SYNTHETIC``)."""
+    from plural.data import synthetic
+
+    if name in ("synthetic_mixture", "synthetic_noisy"):
+        size = dict(n_users=60, n_items=200, dim=16, comparisons_per_user=60) if quick else \
+            dict(n_users=400, n_items=2000, dim=384, comparisons_per_user=300)
+        # scale 40 at 384-d puts the oracle near 83% and one shared reward near 72% (see make_mixture)
+        scale = 12.0 if quick else 40.0
+        return synthetic.make_mixture(n_types=4, scale=scale, flip_rate=0.2 if name == "synthetic_noisy" else 0.0,
+                                      random_state=random_state, **size)
+    if name == "synthetic_length":
+        return synthetic.make_length_preference(n_users=60 if quick else 300, random_state=random_state)
+    raise ValueError(f"unknown synthetic set {name!r}; known: {', '.join(SYNTHETIC)}")
+
+
 def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
                        read_options: dict | None = None) -> PreferenceData:
     """A dataset for the benchmark, with item features: a bundled one, a synthetic one
@@ -85,25 +102,15 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
     from plural.encoders import encode_items, ensure_features
     from plural.runs import load_dataset
 
-    if name in ("synthetic_mixture", "synthetic_noisy"):
-        size = dict(n_users=60, n_items=200, dim=16, comparisons_per_user=60) if quick else \
-            dict(n_users=400, n_items=2000, dim=384, comparisons_per_user=300)
-        # scale 40 at 384-d puts the oracle near 83% and one shared reward near 72% (see make_mixture)
-        scale = 12.0 if quick else 40.0
-        syn = synthetic.make_mixture(n_types=4, scale=scale, flip_rate=0.2 if name == "synthetic_noisy" else 0.0,
-                                     random_state=random_state, **size)
-        data = syn.data
-        data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy(),
-                         true_flip_rate=float(syn.flipped.mean()), type_oracle=synthetic.type_oracle(syn))
-        data.name = name
-        return data
-    if name == "synthetic_length":
-        syn = synthetic.make_length_preference(n_users=60 if quick else 300, random_state=random_state)
+    if name in SYNTHETIC:
+        syn = bench_synthetic(name, quick=quick, random_state=random_state)
         data = syn.data
         data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy(),
                          type_oracle=synthetic.type_oracle(syn))
+        if name != "synthetic_length":
+            data.meta["true_flip_rate"] = float(syn.flipped.mean())
         data.name = name
-        return encode_items(data)
+        return encode_items(data) if name == "synthetic_length" else data
     from plural.data.bundled import DATASETS
 
     data = load_dataset(name) if name in DATASETS else load_dataset(name, **(read_options or {}))
