@@ -139,12 +139,9 @@ def _polis(folder: Path, cap: int | None, seed: int | None) -> PreferenceData:
                           "text": comments.text})
     data = from_votes(votes, user="voter_id", item="item_id", vote="vote", group="conversation",
                       max_pairs_per_user=cap, item_table=items, random_state=seed, name="polis")
-    # context = the voter's conversation (the part of the namespaced voter id before the last "/")
-    conv_ids = convs.conversation.to_numpy(dtype=object)
-    index = {c: i for i, c in enumerate(conv_ids)}
-    user_conv = np.array([index[u.rsplit("/", 1)[0]] for u in data.user_ids], dtype=np.int64)
-    return dataclasses.replace(data, context=user_conv[data.user], context_ids=conv_ids,
-                               context_text=convs.topic.to_numpy(dtype=object))
+    # from_votes makes each voter's conversation the context; attach the conversations' topics
+    topic = dict(zip(convs.conversation.astype(str), convs.topic))
+    return dataclasses.replace(data, context_text=np.array([topic[c] for c in data.context_ids], dtype=object))
 
 
 def _movielens(folder: Path, cap: int | None, seed: int | None) -> PreferenceData:

@@ -10,6 +10,8 @@ cannot learn that "the first item wins". Every row dropped on purpose is counted
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -370,7 +372,8 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
             the last. Pass votes make no comparison.
         user, item, vote: column names.
         group: optional column (e.g. a conversation); voters are then ``f"{group}/{user}"``, so the
-            same user id in two groups is two voters.
+            same user id in two groups is two voters, and each comparison's context is its voter's
+            group (``context_ids``: the groups, sorted).
         max_pairs_per_user: most comparisons per voter, or None for all.
         item_table, item_id, item_text, name: as in :func:`from_pandas`.
         random_state: seed for sampling and orientation.
@@ -386,10 +389,12 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
     if len(bad):
         raise ValueError(f"row {bad[0]}: vote {_show(df[vote].iloc[bad[0]])} is not one of "
                          "-1 (disagree), 0 (pass), 1 (agree)")
-    if group is not None:
-        users = np.asarray([f"{g}/{u}" for g, u in zip(_ids(df, group), users)], dtype=object)
+    groups = None if group is None else _ids(df, group)
+    if groups is not None:
+        users = np.asarray([f"{g}/{u}" for g, u in zip(groups, users)], dtype=object)
     keep = _keep_last(users, items)
     users, items, votes = users[keep], items[keep], votes[keep]
+    groups = None if groups is None else groups[keep]
 
     def pair_space(rows):
         agree, disagree = rows[votes[rows] == 1], rows[votes[rows] == -1]
@@ -398,9 +403,16 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
 
     meta = {"dropped_duplicate_votes": int((~keep).sum()),
             "dropped_pass_votes": int((votes == 0).sum())}
-    return _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
+    data = _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
                        name=name, meta=meta, item_table=item_table, item_id=item_id,
                        item_text=item_text)
+    if groups is None:
+        return data
+    # a (namespaced) voter belongs to one group, which is the context of each of their comparisons
+    context_ids, group_code = np.unique(groups.astype(str), return_inverse=True)
+    voter_group = dict(zip(users, group_code))
+    user_context = np.array([voter_group[u] for u in data.user_ids], dtype=np.int64)
+    return dataclasses.replace(data, context=user_context[data.user], context_ids=context_ids.astype(object))
 
 
 # ---------------------------------------------------------------------------- files and hubs

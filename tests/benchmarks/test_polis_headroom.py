@@ -36,15 +36,8 @@ def planted_votes(random_state=0):
     return pd.DataFrame(rows, columns=["conversation", "user_id", "item_id", "vote"])
 
 
-def with_conversations(data):
-    """The conversation of each comparison as its context, as the bundled Polis loader sets it."""
-    conversation = np.array([str(data.item_ids[i]).split("-")[0] for i in data.item_a])
-    data.context_ids, data.context = np.unique(conversation, return_inverse=True)
-    return data
-
-
 def test_the_reference_personalizes_planted_groups(headroom):
-    data = with_conversations(from_votes(planted_votes(), group="conversation"))
+    data = from_votes(planted_votes(), group="conversation")
     curves = headroom.run(data, seed=0, n_users=40)
     best = curves["rank=2,lam=0.3"]
     assert best[10]["gain_vs_k0"] > 0.05, best
@@ -54,7 +47,7 @@ def test_the_reference_personalizes_planted_groups(headroom):
 
 def test_main_writes_the_table(headroom, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(headroom, "load_dataset",
-                        lambda name: with_conversations(from_votes(planted_votes(), group="conversation")))
+                        lambda name: from_votes(planted_votes(), group="conversation"))
     out = tmp_path / "headroom.json"
     result = headroom.main(["--seeds", "0,1", "--users", "30", "--out", str(out)])
     assert out.is_file() and set(result["best_per_k"]) == {0, 1, 2, 5, 10, 20}

@@ -290,6 +290,22 @@ def test_from_votes_pairs_pass_drop_and_namespacing(votes):
     assert flat.user_ids.tolist() == ["ann"] and len(flat) == 6
 
 
+def test_from_votes_group_is_each_comparisons_context(votes):
+    data = from_votes(votes, group="conv")
+    assert data.context_ids.tolist() == ["c1", "c2"]
+    pairs = {(data.user_ids[u], data.context_ids[c]) for u, c in zip(data.user, data.context)}
+    assert pairs == {("c1/ann", "c1"), ("c2/ann", "c2")}
+    # a duplicate vote dropped before pairing must not shift the groups of the votes after it
+    mixed = pd.DataFrame({"conv": ["c1", "c2", "c1", "c1", "c2"],
+                          "user_id": ["ann", "bob", "ann", "ann", "bob"],
+                          "item_id": ["x", "p", "x", "y", "q"], "vote": [1, 1, 1, -1, -1]})
+    shifted = from_votes(mixed, group="conv")
+    assert shifted.meta["dropped_duplicate_votes"] == 1
+    assert {(shifted.user_ids[u], shifted.context_ids[c]) for u, c in zip(shifted.user, shifted.context)} == \
+        {("c1/ann", "c1"), ("c2/bob", "c2")}
+    assert (from_votes(votes).context == -1).all()
+
+
 def test_from_votes_duplicates_keep_last(votes):
     change = pd.DataFrame({"conv": ["c1"], "user_id": ["ann"], "item_id": ["y"], "vote": [0]})
     data = from_votes(pd.concat([votes, change]), group="conv")
