@@ -1,23 +1,15 @@
 """benchmarks/polis_headroom.py on planted opinion groups: the vote-matrix reference must find them."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from plural.data.converters import from_votes
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "polis_headroom.py"
-
 
 @pytest.fixture(scope="module")
-def headroom():
-    spec = importlib.util.spec_from_file_location("polis_headroom", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def headroom(benchmark_script):
+    return benchmark_script("polis_headroom")
 
 
 def planted_votes(random_state=0):

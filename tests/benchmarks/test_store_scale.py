@@ -1,16 +1,10 @@
 """A small run of benchmarks/store_scale.py: its main function runs end to end and writes its JSON."""
 
-import importlib.util
 import json
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "store_scale.py"
 
 
-def test_store_scale_runs_small(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("store_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_store_scale_runs_small(tmp_path, capsys, benchmark_script):
+    module = benchmark_script("store_scale")
     out = tmp_path / "scale.json"
     result = module.main(["--n-users", "3000", "--n-queries", "20", "--n-items", "500", "--item-reps", "3",
                           "--tmp-dir", str(tmp_path), "--out", str(out)])

@@ -1,21 +1,13 @@
 """benchmarks/synthetic_ceiling.py on the quick synthetic mixture: told the types, it must find them."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from plural.bench import bench_synthetic
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_ceiling.py"
-
 
 @pytest.fixture(scope="module")
-def ceiling():
-    spec = importlib.util.spec_from_file_location("synthetic_ceiling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def ceiling(benchmark_script):
+    return benchmark_script("synthetic_ceiling")
 
 
 def test_type_rewards_fitted_with_the_types_personalize(ceiling):
