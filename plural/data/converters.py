@@ -11,7 +11,6 @@ cannot learn that "the first item wins". Every row dropped on purpose is counted
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import logging
