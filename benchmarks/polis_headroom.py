@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from plural.data.splits import DEFAULT_SHOTS, make_episodes, split_comparisons, split_users
+from plural.bench import bench_users
+from plural.data.splits import DEFAULT_SHOTS, make_episodes
 from plural.runs import load_dataset
 
 GRID = [(rank, lam) for rank in (2, 4, 8) for lam in (0.3, 1.0, 3.0)]
@@ -83,10 +84,7 @@ def run(data, seed: int, n_users: int) -> dict:
     """``{"rank=..,lam=..": {k: {"accuracy", "gain_vs_k0"}}}`` on ``data``'s bench episodes for ``seed``."""
     if data.context is None or (data.context < 0).any():
         raise ValueError("headroom needs every comparison's conversation as its context")
-    seen, unseen = split_users(data, 0.2, random_state=seed)
-    split = split_comparisons(data, seen, mode="items", random_state=seed)
-    rng = np.random.default_rng(seed)  # the users and episodes plural bench scores
-    scored = np.sort(rng.choice(unseen, min(n_users, len(unseen)), replace=False))
+    _, _, split, scored = bench_users(data, seed, n_users)  # the users and episodes plural bench scores
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     mean, factors = fit_factors(data, split.train, max(r for r, _ in GRID))
     out = {}

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from plural.bench import bench_synthetic
-from plural.data.splits import make_episodes, split_comparisons, split_users
+from plural.bench import bench_synthetic, bench_users
+from plural.data.splits import make_episodes
 from plural.data.synthetic import few_shot_oracle, type_oracle
 
 KS = (0, 1, 2, 5, 10, 20, 50)
@@ -50,10 +50,7 @@ def run(name: str, seed: int, n_users: int = 100, penalties=PENALTIES, ks=KS, qu
     seed, each curve ``{k: accuracy}`` on the bench's item-disjoint episodes of that seed."""
     syn = bench_synthetic(name, quick=quick, random_state=seed)
     data = syn.data
-    seen, unseen = split_users(data, 0.2, random_state=seed)
-    split = split_comparisons(data, seen, mode="items", random_state=seed)
-    rng = np.random.default_rng(seed)  # the users and episodes plural bench scores
-    scored = unseen if len(unseen) <= n_users else np.sort(rng.choice(unseen, n_users, replace=False))
+    _, _, split, scored = bench_users(data, seed, n_users)  # the users and episodes plural bench scores
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     truth = type_oracle(syn)
     n_types = len(truth["shares"])

@@ -26,7 +26,7 @@ import numpy as np
 
 from plural.adapt import build_user_store, personalize_fn, supports_retrieval
 from plural.data.container import PreferenceData
-from plural.data.splits import DEFAULT_SHOTS, make_episodes, split_comparisons, split_users
+from plural.data.splits import DEFAULT_SHOTS, ComparisonSplit, make_episodes, split_comparisons, split_users
 from plural.evaluation import evaluate
 from plural.fewshot import curve_value, few_shot_curve
 from plural.model import make_model
@@ -99,18 +99,16 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
     or a path to a user's file, read by ``plural.data.converters.from_file`` with ``read_options``
     (``kind`` and the converter's column options). ``quick`` shrinks the synthetic sets for tests."""
     from plural.data import synthetic
-    from plural.encoders import encode_items, ensure_features
+    from plural.encoders import ensure_features
     from plural.runs import load_dataset
 
     if name in SYNTHETIC:
         syn = bench_synthetic(name, quick=quick, random_state=random_state)
         data = syn.data
         data.meta.update(oracle_accuracy=syn.oracle_accuracy(), majority_type_accuracy=syn.majority_type_accuracy(),
-                         type_oracle=synthetic.type_oracle(syn))
-        if name != "synthetic_length":
-            data.meta["true_flip_rate"] = float(syn.flipped.mean())
+                         true_flip_rate=float(syn.flipped.mean()), type_oracle=synthetic.type_oracle(syn))
         data.name = name
-        return encode_items(data) if name == "synthetic_length" else data
+        return ensure_features(data)  # the length set's arguments are text: encode them
     from plural.data.bundled import DATASETS
 
     data = load_dataset(name) if name in DATASETS else load_dataset(name, **(read_options or {}))
@@ -140,14 +138,24 @@ def _versions() -> dict:
             "platform": platform.platform()}
 
 
+def bench_users(data: PreferenceData, seed: int, max_unseen_users: int | None
+                ) -> tuple[np.ndarray, np.ndarray, ComparisonSplit, np.ndarray]:
+    """``(seen, unseen, split, scored)`` of one bench seed: users split 80/20, the seen users'
+    comparisons split by ``data.meta["split_mode"]`` (items by default), and the unseen users scored
+    (at most ``max_unseen_users``, sampled with the seed). Scripts that score "the bench's episodes"
+    start here."""
+    seen, unseen = split_users(data, 0.2, random_state=seed)
+    split = split_comparisons(data, seen, mode=data.meta.get("split_mode", "items"), random_state=seed)
+    rng = np.random.default_rng(seed)
+    scored = unseen if max_unseen_users is None or len(unseen) <= max_unseen_users \
+        else np.sort(rng.choice(unseen, max_unseen_users, replace=False))
+    return seen, unseen, split, scored
+
+
 def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progress: bool = False) -> dict:
     """Every model of ``config`` on ``data`` for one seed."""
     mode = data.meta.get("split_mode", "items")
-    seen, unseen = split_users(data, 0.2, random_state=seed)
-    split = split_comparisons(data, seen, mode=mode, random_state=seed)
-    rng = np.random.default_rng(seed)
-    scored = unseen if config.max_unseen_users is None or len(unseen) <= config.max_unseen_users \
-        else np.sort(rng.choice(unseen, config.max_unseen_users, replace=False))
+    seen, unseen, split, scored = bench_users(data, seed, config.max_unseen_users)
     episodes = {mode: make_episodes(data, scored, mode=mode, n_draws=config.n_draws, random_state=seed)}
     if config.random_split and mode != "comparisons":
         episodes["comparisons"] = make_episodes(data, scored, mode="comparisons", n_draws=config.n_draws,

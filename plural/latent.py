@@ -145,12 +145,21 @@ class LatentUserModel(PreferenceModel):
             self.n_train_.fill_(len(dm.train_set))
 
     def configure_optimizers(self):
-        users = [p for n, p in self.named_parameters() if n.startswith("user_embedding.")]
-        shared = [p for n, p in self.named_parameters() if not n.startswith("user_embedding.")]
+        # the users' Gaussian prior (regularization) is their decay; no weight decay on top
+        return self._adamw_with_faster("user_embedding.", self.config.user_lr_multiplier, weight_decay=0.0)
+
+    def _adamw_with_faster(self, prefix: str, multiplier: float, weight_decay: float | None = None):
+        """AdamW over every parameter, those whose names start with ``prefix`` at ``multiplier``
+        times the learning rate (and ``weight_decay`` when given, the config's otherwise)."""
+        fast = [p for n, p in self.named_parameters() if n.startswith(prefix)]
+        shared = [p for n, p in self.named_parameters() if not n.startswith(prefix)]
         lr = self.config.learning_rate
         groups = [{"params": shared}]
-        if users:  # the Gaussian prior (regularization) is their decay; no weight decay on top
-            groups.append({"params": users, "lr": lr * self.config.user_lr_multiplier, "weight_decay": 0.0})
+        if fast:
+            group = {"params": fast, "lr": lr * multiplier}
+            if weight_decay is not None:
+                group["weight_decay"] = weight_decay
+            groups.append(group)
         return torch.optim.AdamW(groups, lr=lr, weight_decay=self.config.weight_decay)
 
     def regularization(self) -> torch.Tensor:

@@ -272,12 +272,7 @@ class VPL(LatentUserModel):
         return self.user_means_.detach().clone()
 
     def configure_optimizers(self):
-        encoder = [p for n, p in self.named_parameters() if n.startswith("encoder.")]
-        shared = [p for n, p in self.named_parameters() if not n.startswith("encoder.")]
-        lr = self.config.learning_rate
-        return torch.optim.AdamW([{"params": shared},
-                                  {"params": encoder, "lr": lr * self.config.encoder_lr_multiplier}],
-                                 lr=lr, weight_decay=self.config.weight_decay)
+        return self._adamw_with_faster("encoder.", self.config.encoder_lr_multiplier)
 
     def regularization(self) -> torch.Tensor:
         # the KL term of the ELBO regularizes z; item identities get their Gaussian prior here

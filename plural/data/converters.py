@@ -408,10 +408,10 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
     if groups is None:
         return data
     # a (namespaced) voter belongs to one group, which is the context of each of their comparisons
-    context_ids, group_code = np.unique(groups.astype(str), return_inverse=True)
+    context_ids, group_code = np.unique(groups, return_inverse=True)
     voter_group = dict(zip(users, group_code))
     user_context = np.array([voter_group[u] for u in data.user_ids], dtype=np.int64)
-    return dataclasses.replace(data, context=user_context[data.user], context_ids=context_ids.astype(object))
+    return dataclasses.replace(data, context=user_context[data.user], context_ids=context_ids)
 
 
 # ---------------------------------------------------------------------------- files and hubs
