@@ -35,14 +35,17 @@ def supports_retrieval(model: PreferenceModel) -> bool:
 
 def build_user_store(model: PreferenceModel, index: str = "auto") -> UserStore:
     """A :class:`UserStore` of the model's training users (``model.user_states()``), inner product
-    metric, stamped with the model's fingerprint."""
+    metric, stamped with the model's fingerprint; each user's ``n_comparisons`` is their number of
+    training comparisons where the model knows it (``model.user_counts_``)."""
     model.check_is_fitted()
     states = model.user_states().detach().float().cpu().numpy()
     if states.shape[1] == 0:
         raise ValueError(f"{model.name} has no user vectors to store")
     store = UserStore(states.shape[1], metric="ip", index=index, expected_size=len(states),
                       model_fingerprint=model_fingerprint(model))
-    store.add(list(model.user_ids_), states)
+    counts = getattr(model, "user_counts_", None)
+    metadata = None if counts is None else [{"n_comparisons": c} for c in counts]
+    store.add(list(model.user_ids_), states, metadata)
     return store
 
 

@@ -104,18 +104,26 @@ class PreferenceModel(pl.LightningModule):
         self.config = config
         self.feature_dim_: int | None = None
         self.user_ids_: list[str] = []
+        self.user_counts_: list[int] | None = None
         self.item_ids_: list[str] = []
         self.context_ids_: list[str] = []
         self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
 
     # ------------------------------------------------------------------ building
     def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str],
-              context_ids: Sequence[str] = ()) -> "PreferenceModel":
+              context_ids: Sequence[str] = (), user_counts: Sequence[int] | None = None) -> "PreferenceModel":
         """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
         in training, the items ``item_ids`` the model may learn identities for, and the contexts
-        ``context_ids`` (prompts, topics) it may learn representations for."""
+        ``context_ids`` (prompts, topics) it may learn representations for. ``user_counts`` (one per
+        user, optional) are the users' numbers of training comparisons, kept as ``user_counts_``."""
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
+        if user_counts is not None:
+            user_counts = [int(c) for c in user_counts]
+            if len(user_counts) != len(user_ids) or any(c < 0 for c in user_counts):
+                raise ValueError(f"user_counts must hold one count >= 0 per user: got {len(user_counts)} "
+                                 f"for {len(user_ids)} users")
+        self.user_counts_ = user_counts
         self.feature_dim_ = int(feature_dim)
         self.user_ids_ = [str(u) for u in user_ids]
         self.item_ids_ = [str(i) for i in item_ids]
@@ -128,10 +136,10 @@ class PreferenceModel(pl.LightningModule):
 
     def build_for(self, data, train_rows) -> "PreferenceModel":
         """:meth:`build` for a ``PreferenceData``: its feature dimension, the users with comparisons at
-        ``train_rows``, all its items and contexts."""
-        present = np.unique(data.user[train_rows])
+        ``train_rows`` (with their numbers of comparisons there), all its items and contexts."""
+        present, counts = np.unique(data.user[train_rows], return_counts=True)
         contexts = () if data.context_ids is None else data.context_ids
-        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts)
+        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts, counts.tolist())
 
     def _build(self, feature_dim: int) -> None:
         raise NotImplementedError

@@ -4,6 +4,7 @@ import torch
 
 from plural.adapt import build_user_store, neighbours_table, personalize, personalize_fn
 from plural.batch import comparison_batch
+from plural.data.splits import split_comparisons, split_users
 from plural.fewshot import curve_value, few_shot_curve
 from plural.model import make_model
 
@@ -14,10 +15,17 @@ def setup(two_types):
 
 
 def test_store_holds_the_training_users(setup):
-    _, _, model, _ = setup
+    _, data, model, _ = setup
     store = build_user_store(model)
     assert len(store) == len(model.user_ids_)
     np.testing.assert_allclose(store.get(model.user_ids_[:3]), model.user_states()[:3].numpy(), rtol=1e-6)
+    # each stored user's metadata counts their training comparisons (the fixture's split, redone)
+    seen, _ = split_users(data, 0.25, random_state=0)
+    train = split_comparisons(data, seen, mode="comparisons", random_state=0).train
+    counts = np.bincount(data.user[train], minlength=data.n_users)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    stored = [store.metadata(u)["n_comparisons"] for u in model.user_ids_]
+    assert stored == [int(counts[index[u]]) for u in model.user_ids_] and min(stored) > 0
 
 
 def test_retrieval_prior_helps_at_small_k_and_matches_at_large_k(setup):

@@ -59,6 +59,9 @@ def test_checkpoint_round_trip_is_exact(trained, tmp_path):
     x = torch.from_numpy(data.item_features[:50])
     assert torch.equal(loaded.reward(x), model.reward(x))
     assert loaded.item_ids_ == model.item_ids_ and loaded.user_ids_ == model.user_ids_
+    assert loaded.user_counts_ == model.user_counts_
+    users, counts = np.unique(data.user[split.train], return_counts=True)
+    assert model.user_ids_ == list(data.user_ids[users]) and model.user_counts_ == counts.tolist()
     # nothing in the directory needs unpickling
     files = sorted(p.name for p in (tmp_path / "bt").iterdir())
     assert files == ["config.json", "vocab.json", "weights.safetensors"]
@@ -85,6 +88,12 @@ def test_checkpoint_of_another_class_or_dimension_fails_clearly(trained, tmp_pat
     cfg["config"]["hidden_dim"] = 7
     (tmp_path / "bt" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="weights do not fit"):
+        load_model(tmp_path / "bt")
+    cfg["config"]["hidden_dim"] = model.config.hidden_dim
+    (tmp_path / "bt" / "config.json").write_text(json.dumps(cfg))
+    vocab = json.loads((tmp_path / "bt" / "vocab.json").read_text())
+    (tmp_path / "bt" / "vocab.json").write_text(json.dumps({**vocab, "user_counts": vocab["user_counts"][1:]}))
+    with pytest.raises(CheckpointError, match="vocab.json does not describe this model: user_counts"):
         load_model(tmp_path / "bt")
     (tmp_path / "bt" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
