@@ -11,9 +11,10 @@ at most, batch 512) and builds its user store, then:
    component of the 2-component fit is described by its share of users, the trace of its covariance
    and the median number of training comparisons of its users (the store's ``n_comparisons``).
 2. **Other store priors.** The bench's unseen-user episodes (item-disjoint, 3 draws) are scored with
-   plain ``adapt`` and with ``personalize`` over: the whole store (the bench's ``+store``); only the
-   stored users with at least ``--min-comparisons`` training comparisons; and only the users of the
-   new user's conversation, centred on the population mean (per-conversation stores).
+   plain ``adapt`` and with ``personalize`` over: the whole store (``by_context=False``, the bench's
+   ``+store`` before contexts); only the stored users with at least ``--min-comparisons`` training
+   comparisons (likewise); and ``personalize``'s default, which keeps the new user among the stored
+   users of their own conversation, recentred on the population mean.
 """
 
 from __future__ import annotations
@@ -102,23 +103,13 @@ def run(data, seed: int = 0, n_users: int = 100, min_comparisons: int = 30, ks=D
     out = {"seed": seed, "n_scored": int(len(scored)),
            "shape": mixture_shape(centred(vectors, conversation), counts, seed)}
     keep = np.flatnonzero(counts >= min_comparisons)
-    stores = {"whole store": store,
-              f">= {min_comparisons} comparisons": sub_store([ids[i] for i in keep], vectors[keep])}
-    shifted = centred(vectors, conversation)  # the population prior's mean is 0
-    by_conversation = {c: sub_store([ids[i] for i in np.flatnonzero(conversation == c)],
-                                    shifted[conversation == c]) for c in np.unique(conversation)}
-
-    def per_conversation(m, support):
-        context = support["context"].cpu().numpy()
-        context = context[context >= 0]
-        found = by_conversation.get(int(np.bincount(context).argmax())) if len(context) else None
-        return personalize(m, found if found is not None else store, support)
-
+    priors = {"whole store": (store, False),
+              f">= {min_comparisons} comparisons": (sub_store([ids[i] for i in keep], vectors[keep]), False),
+              "own conversation, centred": (store, True)}  # personalize's default
     curves = {"adapt": few_shot_curve(model, data, episodes, ks)}
-    for name, s in stores.items():
-        curves[name] = few_shot_curve(model, data, episodes, ks,
-                                      adapt_fn=lambda m, support, s=s: personalize(m, s, support))
-    curves["own conversation, centred"] = few_shot_curve(model, data, episodes, ks, adapt_fn=per_conversation)
+    for name, (s, by_context) in priors.items():
+        curves[name] = few_shot_curve(model, data, episodes, ks, adapt_fn=lambda m, support, s=s, b=by_context:
+                                      personalize(m, s, support, by_context=b))
     out["curves"] = {name: {int(r["k"]): {"accuracy": r["accuracy"], "gain_vs_k0": r["gain_vs_k0"]}
                             for r in c["curve"]} for name, c in curves.items()}
     return out

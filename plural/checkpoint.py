@@ -56,7 +56,8 @@ def save_model(model: PreferenceModel, path: str | os.PathLike, extra: dict[str,
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "vocab.json").write_text(json.dumps({"user_ids": model.user_ids_, "item_ids": model.item_ids_,
                                                       "context_ids": model.context_ids_,
-                                                      "user_counts": model.user_counts_}))
+                                                      "user_counts": model.user_counts_,
+                                                      "user_contexts": model.user_contexts_}))
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "weights.safetensors"))
         old = None
@@ -122,7 +123,7 @@ def load_model(path: str | os.PathLike, model: type[PreferenceModel] | Preferenc
     vocab = json.loads((path / "vocab.json").read_text())
     try:
         instance.build(config["feature_dim"], vocab["user_ids"], vocab["item_ids"], vocab.get("context_ids", ()),
-                       vocab.get("user_counts"))
+                       vocab.get("user_counts"), vocab.get("user_contexts"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}/vocab.json does not describe this model: {err}") from None
     try:

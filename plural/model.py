@@ -105,17 +105,20 @@ class PreferenceModel(pl.LightningModule):
         self.feature_dim_: int | None = None
         self.user_ids_: list[str] = []
         self.user_counts_: list[int] | None = None
+        self.user_contexts_: list[list[str]] | None = None
         self.item_ids_: list[str] = []
         self.context_ids_: list[str] = []
         self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
 
     # ------------------------------------------------------------------ building
     def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str],
-              context_ids: Sequence[str] = (), user_counts: Sequence[int] | None = None) -> "PreferenceModel":
+              context_ids: Sequence[str] = (), user_counts: Sequence[int] | None = None,
+              user_contexts: Sequence[Sequence[str]] | None = None) -> "PreferenceModel":
         """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
         in training, the items ``item_ids`` the model may learn identities for, and the contexts
-        ``context_ids`` (prompts, topics) it may learn representations for. ``user_counts`` (one per
-        user, optional) are the users' numbers of training comparisons, kept as ``user_counts_``."""
+        ``context_ids`` (prompts, topics) it may learn representations for. Optional, one per user:
+        ``user_counts``, their numbers of training comparisons (kept as ``user_counts_``), and
+        ``user_contexts``, the ids of the contexts of those comparisons (``user_contexts_``)."""
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
         if user_counts is not None:
@@ -123,7 +126,15 @@ class PreferenceModel(pl.LightningModule):
             if len(user_counts) != len(user_ids) or any(c < 0 for c in user_counts):
                 raise ValueError(f"user_counts must hold one count >= 0 per user: got {len(user_counts)} "
                                  f"for {len(user_ids)} users")
+        if user_contexts is not None:
+            known = {str(c) for c in context_ids}
+            user_contexts = [sorted(str(c) for c in cs) for cs in user_contexts]
+            unknown = {c for cs in user_contexts for c in cs} - known
+            if len(user_contexts) != len(user_ids) or unknown:
+                raise ValueError(f"user_contexts must hold one list of known context ids per user: got "
+                                 f"{len(user_contexts)} for {len(user_ids)} users, unknown {sorted(unknown)[:3]}")
         self.user_counts_ = user_counts
+        self.user_contexts_ = user_contexts
         self.feature_dim_ = int(feature_dim)
         self.user_ids_ = [str(u) for u in user_ids]
         self.item_ids_ = [str(i) for i in item_ids]
@@ -136,10 +147,20 @@ class PreferenceModel(pl.LightningModule):
 
     def build_for(self, data, train_rows) -> "PreferenceModel":
         """:meth:`build` for a ``PreferenceData``: its feature dimension, the users with comparisons at
-        ``train_rows`` (with their numbers of comparisons there), all its items and contexts."""
-        present, counts = np.unique(data.user[train_rows], return_counts=True)
-        contexts = () if data.context_ids is None else data.context_ids
-        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts, counts.tolist())
+        ``train_rows`` (with their numbers of comparisons there and those comparisons' contexts), all
+        its items and contexts."""
+        rows = np.asarray(train_rows, dtype=np.int64)
+        present, counts = np.unique(data.user[rows], return_counts=True)
+        contexts, user_contexts = (), None
+        if data.context_ids is not None:
+            contexts = data.context_ids
+            keyed = rows[data.context[rows] >= 0]
+            pairs = np.unique(np.stack([data.user[keyed], data.context[keyed]], axis=1), axis=0)
+            cuts = np.searchsorted(pairs[:, 0], present)  # pairs are sorted by user, then context
+            ends = np.r_[cuts[1:], len(pairs)]
+            user_contexts = [[str(contexts[c]) for c in pairs[a:b, 1]] for a, b in zip(cuts, ends)]
+        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts, counts.tolist(),
+                          user_contexts)
 
     def _build(self, feature_dim: int) -> None:
         raise NotImplementedError

@@ -425,6 +425,18 @@ class UserStore:
             meta["updated_at"] = float(self._updated_at[i])
             return meta
 
+    def users_where(self, key: str, value: Any) -> list[str]:
+        """The stored users whose metadata ``key`` equals ``value``, or is a list holding it, in
+        storage order. A linear scan of the users' metadata: meant for stores that are searched
+        whole, not for millions of users."""
+        with self._lock:
+            out = []
+            for u in self._users[self._live_ids()].tolist():
+                v = self._extra.get(u, {}).get(key)
+                if v == value or (isinstance(v, list) and value in v):
+                    out.append(u)
+            return out
+
     @property
     def user_ids(self) -> list[str]:
         """The stored ids, in storage order (the order of their last write)."""

@@ -1,9 +1,13 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from plural import adapt
 from plural.adapt import build_user_store, neighbours_table, personalize, personalize_fn
 from plural.batch import comparison_batch
+from plural.checkpoint import load_model, save_model
 from plural.data.splits import split_comparisons, split_users
 from plural.fewshot import curve_value, few_shot_curve
 from plural.model import make_model
@@ -120,3 +124,61 @@ def test_a_repeated_comparison_counts_once_when_tempered(setup):
         model.config.temper_support = True
     # counted five times, the same evidence claims a tighter posterior
     assert torch.trace(untempered.covariance) < torch.trace(single.covariance) - 1e-4
+
+
+@pytest.fixture(scope="module")
+def in_two_contexts(setup):
+    """The two types' data with each user's comparisons in context "even" or "odd" (by user
+    index), and a low-rank model trained on it."""
+    _, data, _, episodes = setup
+    data = dataclasses.replace(data, context=(data.user % 2).astype(np.int64), context_ids=np.array(["even", "odd"]))
+    model = make_model("low_rank", hidden_dim=32, n_components=2, item_dim=8).fit(
+        data, train_rows=np.flatnonzero(~np.isin(data.user, [ep.user for ep in episodes])), max_epochs=5,
+        batch_size=128, show_progress=False)
+    return data, model, episodes
+
+
+def test_the_store_records_each_users_contexts(in_two_contexts):
+    data, model, _ = in_two_contexts
+    store = build_user_store(model)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    for u in model.user_ids_:
+        assert store.metadata(u)["contexts"] == [["even", "odd"][index[u] % 2]]
+    even = store.users_where("contexts", "even")
+    assert 0 < len(even) < len(store) and all(index[u] % 2 == 0 for u in even)
+
+
+def test_personalize_keeps_a_new_user_among_their_contexts_users(in_two_contexts):
+    data, model, episodes = in_two_contexts
+    store = build_user_store(model)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    for ep in episodes[:4]:
+        support = comparison_batch(data, ep.support(5), model)
+        own, neighbours = personalize(model, store, support, return_neighbors=True)
+        assert len(neighbours) == len(store.users_where("contexts", ["even", "odd"][ep.user % 2]))
+        assert {index[u] % 2 for u, _ in neighbours} == {ep.user % 2}
+        whole, everyone = personalize(model, store, support, by_context=False, return_neighbors=True)
+        assert len(everyone) == len(store) and not torch.allclose(own.vector, whole.vector)
+
+
+
+def test_without_enough_users_of_the_context_the_store_is_used_whole(in_two_contexts, monkeypatch):
+    data, model, episodes = in_two_contexts
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    whole = personalize(model, store, support, by_context=False).vector
+    monkeypatch.setattr(adapt, "MIN_CONTEXT_USERS", len(store))  # more than either context has
+    torch.testing.assert_close(personalize(model, store, support).vector, whole)
+    monkeypatch.undo()
+    bare = build_user_store(model)  # a store whose users record no contexts
+    for u in bare.user_ids:
+        bare.update(u, bare.get(u), [{"contexts": []}])
+    torch.testing.assert_close(personalize(model, bare, support).vector, whole)
+
+
+def test_user_contexts_survive_a_checkpoint_and_are_checked(in_two_contexts, tmp_path):
+    _, model, _ = in_two_contexts
+    save_model(model, tmp_path / "m")
+    assert load_model(tmp_path / "m").user_contexts_ == model.user_contexts_
+    with pytest.raises(ValueError, match="unknown"):
+        make_model("low_rank").build(4, ["a"], ["i"], ["even"], [3], [["odd"]])
