@@ -139,6 +139,18 @@ def test_upsert_and_metadata():
     np.testing.assert_array_equal(store.get(["a"]), np.zeros((1, 4)))
 
 
+def test_users_where_matches_values_and_lists_and_forgets_removed_users():
+    store = UserStore(4)
+    store.add(["a", "b", "c", "d"], np.eye(4), metadata=[{"contexts": ["x", "y"]}, {"contexts": ["y"]},
+                                                         {"contexts": "x"}, None])
+    assert store.users_where("contexts", "x") == ["a", "c"]
+    assert store.users_where("contexts", "y") == ["a", "b"]
+    assert store.users_where("contexts", "z") == [] and store.users_where("other", "x") == []
+    store.remove(["a"])
+    store.upsert(["d"], np.ones((1, 4)), metadata=[{"contexts": ["x"]}])
+    assert store.users_where("contexts", "x") == ["c", "d"]
+
+
 # ---------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_clear_errors():
     store = UserStore(4)
