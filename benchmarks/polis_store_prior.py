@@ -5,8 +5,8 @@
 For each seed it trains ``low_rank`` on the bench's Polis split (``plural bench`` defaults: 20 epochs
 at most, batch 512) and builds its user store, then:
 
-1. **Shape of the stored vectors.** Centred per conversation (each user's conversation: the one of
-   most of their training comparisons), the vectors get Gaussian mixtures of 1 and 2 components
+1. **Shape of the stored vectors.** Centred per conversation (each user's, from the store's
+   ``contexts`` metadata), the vectors get Gaussian mixtures of 1 and 2 components
    fitted on 80% of the users and scored on the rest (held-out log-likelihood per user), and each
    component of the 2-component fit is described by its share of users, the trace of its covariance
    and the median number of training comparisons of its users (the store's ``n_comparisons``).
@@ -36,21 +36,18 @@ from plural.store import UserStore
 MODEL = "low_rank"
 
 
-def require_conversations(data, rows: np.ndarray) -> None:
-    if data.context_ids is None or (data.context[rows] < 0).any():
+def require_conversations(data) -> None:
+    if data.context_ids is None or (data.context < 0).any():
         raise ValueError(f"{data.name}: every comparison needs a conversation (context)")
 
 
-def conversation_of_users(data, model, train: np.ndarray) -> np.ndarray:
-    """The model's context index of each of ``model.user_ids_``: the context of most of their
-    training comparisons."""
-    require_conversations(data, train)
-    index = {u: i for i, u in enumerate(data.user_ids)}
-    users = np.array([index[u] for u in model.user_ids_])
-    counts = np.zeros((len(data.user_ids), len(data.context_ids)), dtype=np.int64)
-    np.add.at(counts, (data.user[train], data.context[train]), 1)
-    raw = counts[users].argmax(1)
-    return np.array([model._context_index[str(data.context_ids[c])] for c in raw])
+def conversation_of_users(ids: list[str], metadata: list[dict]) -> np.ndarray:
+    """Each stored user's conversation, from their store metadata's ``contexts``: a Polis voter
+    (namespaced by conversation) has comparisons in exactly one."""
+    for u, meta in zip(ids, metadata):
+        if len(meta.get("contexts", [])) != 1:
+            raise ValueError(f"user {u!r} has comparisons in {len(meta.get('contexts', []))} conversations, not one")
+    return np.array([meta["contexts"][0] for meta in metadata], dtype=object)
 
 
 def centred(vectors: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -89,17 +86,18 @@ def sub_store(ids: list[str], vectors: np.ndarray) -> UserStore:
 def run(data, seed: int = 0, n_users: int = 100, min_comparisons: int = 30, ks=DEFAULT_SHOTS,
         max_epochs: int = 20, model_options: dict | None = None) -> dict:
     """The shape of the stored vectors and the few-shot curves of each prior, for one seed."""
-    require_conversations(data, np.arange(len(data)))
+    require_conversations(data)
     seen, unseen, split, scored = bench_users(data, seed, n_users)
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     model = make_model(MODEL, **(model_options or {}))
     model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=max_epochs, batch_size=512,
               random_state=seed, show_progress=False)
-    conversation = conversation_of_users(data, model, split.train)
     store = build_user_store(model)
     ids = list(model.user_ids_)
+    metadata = [store.metadata(u) for u in ids]
+    conversation = conversation_of_users(ids, metadata)
     vectors = store.get(ids).astype(np.float64)
-    counts = np.array([store.metadata(u)["n_comparisons"] for u in ids])
+    counts = np.array([meta["n_comparisons"] for meta in metadata])
     out = {"seed": seed, "n_scored": int(len(scored)),
            "shape": mixture_shape(centred(vectors, conversation), counts, seed)}
     keep = np.flatnonzero(counts >= min_comparisons)

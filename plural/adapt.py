@@ -49,8 +49,7 @@ def build_user_store(model: PreferenceModel, index: str = "auto") -> UserStore:
         raise ValueError(f"{model.name} has no user vectors to store")
     store = UserStore(states.shape[1], metric="ip", index=index, expected_size=len(states),
                       model_fingerprint=model_fingerprint(model))
-    facts = {"n_comparisons": getattr(model, "user_counts_", None),
-             "contexts": getattr(model, "user_contexts_", None)}
+    facts = {"n_comparisons": model.user_counts_, "contexts": model.user_contexts_}
     facts = {key: values for key, values in facts.items() if values is not None}
     metadata = [dict(zip(facts, row)) for row in zip(*facts.values())] if facts else None
     store.add(list(model.user_ids_), states, metadata)

@@ -128,6 +128,7 @@ class UserStore:
         self._n_comparisons = np.zeros(0, dtype=np.int64)
         self._updated_at = np.zeros(0, dtype=np.float64)
         self._extra: dict[str, dict[str, Any]] = {}  # metadata beyond the counters, only where given
+        self._where: dict[tuple, list[str]] = {}  # users_where answers, until the next write
         self._n_tombstones = 0
         # CPU flat only: the int id of each index row (ascending); elsewhere the row is the int id.
         self._row_ids = np.zeros(0, dtype=np.int64) if self._can_remove else None
@@ -242,6 +243,7 @@ class UserStore:
         """Forget live ``int_ids`` (already out of ``_int_of``): remove their rows or tombstone them."""
         if not len(int_ids):
             return
+        self._where.clear()
         if self._can_remove:
             ntotal = self._index.ntotal
             rows = self._rows(int_ids)
@@ -255,6 +257,7 @@ class UserStore:
 
     def _write(self, ids: list[str], x: np.ndarray, metadata: Sequence[dict] | None) -> None:
         self._check_metadata(ids, metadata)
+        self._where.clear()
         now = time.time()
         n = len(ids)
         old = np.fromiter((self._int_of.get(u, -1) for u in ids), dtype=np.int64, count=n)
@@ -295,6 +298,7 @@ class UserStore:
 
     def _renumber(self, live: np.ndarray) -> None:
         """Give the live int ids ``live`` (ascending, as the index rows are) the ids ``0 .. n-1``."""
+        self._where.clear()
         self._users = self._users[live]
         self._n_comparisons = self._n_comparisons[live]
         self._updated_at = self._updated_at[live]
@@ -427,15 +431,24 @@ class UserStore:
 
     def users_where(self, key: str, value: Any) -> list[str]:
         """The stored users whose metadata ``key`` equals ``value``, or is a list holding it, in
-        storage order. A linear scan of the users' metadata: meant for stores that are searched
-        whole, not for millions of users."""
+        storage order. The first ask scans every user's metadata; the answer (for a hashable
+        ``value``) is kept until the next write, so a store that is only read, as when serving
+        :func:`plural.personalize`, scans once per value."""
         with self._lock:
+            try:
+                return list(self._where[(key, value)])
+            except TypeError:  # an unhashable value is scanned for every time
+                cacheable = False
+            except KeyError:
+                cacheable = True
             out = []
             for u in self._users[self._live_ids()].tolist():
                 v = self._extra.get(u, {}).get(key)
                 if v == value or (isinstance(v, list) and value in v):
                     out.append(u)
-            return out
+            if cacheable:
+                self._where[(key, value)] = out
+            return list(out)
 
     @property
     def user_ids(self) -> list[str]:

@@ -11,6 +11,7 @@ from plural.checkpoint import load_model, save_model
 from plural.data.splits import split_comparisons, split_users
 from plural.fewshot import curve_value, few_shot_curve
 from plural.model import make_model
+from plural.store import UserStore
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +171,8 @@ def test_without_enough_users_of_the_context_the_store_is_used_whole(in_two_cont
     monkeypatch.setattr(adapt, "MIN_CONTEXT_USERS", len(store))  # more than either context has
     torch.testing.assert_close(personalize(model, store, support).vector, whole)
     monkeypatch.undo()
-    bare = build_user_store(model)  # a store whose users record no contexts
-    for u in bare.user_ids:
-        bare.update(u, bare.get(u), [{"contexts": []}])
+    bare = UserStore(store.dim, metric="ip")  # the same users, with no contexts recorded
+    bare.add(store.user_ids, store.get(store.user_ids))
     torch.testing.assert_close(personalize(model, bare, support).vector, whole)
 
 
