@@ -47,6 +47,7 @@ def train(
     devices: str = typer.Option("auto", help="Lightning devices"),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp"),
     precision: str = typer.Option(None, help="Lightning precision, e.g. 16-mixed"),
+    overwrite: bool = typer.Option(False, help="replace OUT even if it holds files that are not a plural run"),
 ) -> None:
     """Train MODEL on the seen users of DATA and save the run to OUT."""
     from plural.runs import train_run
@@ -55,7 +56,7 @@ def train(
     start = time.perf_counter()
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
                        split_mode=split, devices=_int_or_str(devices), strategy=strategy,
-                       precision=precision)
+                       precision=precision, overwrite=overwrite)
     rep = record["fit_report"]
     console.print(f"[bold]trained[/] {model} on {data}: {record['n_train']} comparisons from "
                   f"{record['n_seen_users']} users, {rep['epochs']} epochs in {rep['seconds']:.1f}s "
@@ -87,7 +88,7 @@ def demo(
 
     console.rule(f"1. Bradley-Terry baseline on {data}")
     train(data=data, model="bradley_terry", out=out / "bradley_terry", seed=0, max_epochs=30,
-          batch_size=256, split=None, devices="auto", strategy="auto", precision=None)
+          batch_size=256, split=None, devices="auto", strategy="auto", precision=None, overwrite=False)
     eval_(out / "bradley_terry")
 
     console.rule(f"2. {model} on {personal_data}: personalizing users it never saw")

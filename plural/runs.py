@@ -7,6 +7,7 @@ sizes, training report) and ``split.npz`` (the comparison rows of every part, lo
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from plural.checkpoint import load_model, save_model
+from plural.checkpoint import CheckpointError, check_save_target, load_model, save_model
 from plural.data.container import PreferenceData
 from plural.data.splits import split_comparisons, split_users
 from plural.evaluation import evaluate
@@ -48,9 +49,12 @@ def load_dataset(name_or_path: str, **options) -> PreferenceData:
 def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_state: int = 0,
               unseen_fraction: float = 0.2, split_mode: str | None = None, max_epochs: int = 30,
               batch_size: int = 256, show_progress: bool = True, encoder=None,
-              model_options: dict | None = None, **fit_options) -> dict:
+              model_options: dict | None = None, overwrite: bool = False, **fit_options) -> dict:
     """Load ``dataset``, split users and comparisons, fit ``model_name`` on the seen users' training
-    comparisons, and save model, split and report to ``out``. Returns the run record."""
+    comparisons, and save model, split and report to ``out`` (one checkpoint directory, written
+    atomically; ``out`` must be new, empty or an earlier run unless ``overwrite``). Returns the run
+    record."""
+    check_save_target(out, overwrite)  # refuse a directory of someone else's files before training
     data = load_dataset(dataset)
     mode = split_mode or default_split_mode(data)
     seen, unseen = split_users(data, unseen_fraction, random_state)
@@ -68,10 +72,10 @@ def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_s
         "n_dropped_by_split": split.n_dropped, "data": repr(data), "data_meta": _jsonable(data.meta),
         "fit_report": model.fit_report_,
     }
-    save_model(model, out, extra={"dataset": dataset})
-    np.savez(out / SPLIT_FILE, train=split.train, val=split.val, test=split.test, seen_users=seen,
-             unseen_users=unseen)
-    (out / RUN_FILE).write_text(json.dumps(record, indent=2))
+    buffer = io.BytesIO()
+    np.savez(buffer, train=split.train, val=split.val, test=split.test, seen_users=seen, unseen_users=unseen)
+    save_model(model, out, extra={"dataset": dataset}, overwrite=overwrite,
+               extra_files={SPLIT_FILE: buffer.getvalue(), RUN_FILE: json.dumps(record, indent=2).encode()})
     return record
 
 
@@ -81,11 +85,18 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} is not a plural run (no {RUN_FILE}); train one with `plural train`")
-    record = json.loads((run_dir / RUN_FILE).read_text())
-    model = load_model(run_dir, record["model"])
+    model = load_model(run_dir)  # checks every file of the run, run.json and split.npz included
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text())
+        dataset = record["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{run_dir / RUN_FILE} is corrupt: {type(err).__name__}: {err}") from None
+    if record.get("model") != model.name:
+        raise CheckpointError(f"{run_dir / RUN_FILE} names model {record.get('model')!r}, but the checkpoint "
+                              f"holds {model.name!r}")
     from plural.encoders import ensure_features
 
-    data = ensure_features(load_dataset(record["dataset"]), encoder)
+    data = ensure_features(load_dataset(dataset), encoder)
     with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
         test, unseen = split["test"], split["unseen_users"]
     if len(test) and test.max() >= len(data):

@@ -18,16 +18,21 @@ Design (memory first: a million 32-d users take the FAISS index plus about 150 b
   IVF-PQ is not offered: it needs training data up front and approximate vectors, which this
   store's "exact ``get``, any-time ``add``" contract does not fit.
 - One ``threading.RLock`` guards every read and write.
+- Writes are all or nothing: ``add``/``update``/``upsert``/``remove`` check every id, vector and
+  metadata value before the store changes, and metadata is copied in and out.
 - :meth:`UserStore.save` writes a directory (``manifest.json``, ``index.faiss`` from a CPU copy,
   the ids and counters as ``.npy`` arrays, the user id strings as UTF-8 bytes plus offsets,
-  ``metadata.json`` for the extra metadata) beside its target and swaps it in with ``os.replace``;
-  loading never unpickles anything and checks the model fingerprint and dimension it is asked to.
+  ``metadata.json`` for the extra metadata, ``checksums.json``) through ``plural.saved_dir``:
+  fsynced, swapped in atomically, locked against other processes, and never over a directory that
+  is not a store. Loading never unpickles anything, verifies every file's sha256, and checks the
+  model fingerprint and dimension it is asked to.
   Stores saved in format version 1 (``IndexIDMap2``, ``vectors.npy``, ``ids.json``) still load.
   The on-disk format and its readers live in ``plural.store_files``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -40,15 +45,23 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from plural.store_files import (COUNTERS, FORMAT_VERSION, INDEX_KINDS, METRICS, StoreError, encode_ids,
-                                import_faiss, read_manifest, read_v1, read_v2, replace_directory,
-                                saved_directory)
+from plural import saved_dir
+from plural.store_files import (COUNTERS, FILES, FORMAT_VERSION, INDEX_KINDS, KNOWN_NAMES, MANIFEST, METRICS,
+                                StoreError, encode_ids, import_faiss, is_store, read_manifest, read_v1, read_v2)
 
 logger = logging.getLogger(__name__)
 
 AUTO_HNSW_THRESHOLD = 50_000
 REBUILD_FRACTION = 0.2
 _CHUNK = 1 << 16  # rows read back from FAISS at a time when rebuilding
+_MAX_COUNT = np.iinfo(np.int64).max
+
+
+def _json_scalar(value: Any) -> Any:
+    """NumPy scalars in metadata as the Python numbers they hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
 def _as_id_list(user_ids: str | Iterable[str]) -> list[str]:
@@ -212,19 +225,29 @@ class UserStore:
                 raise ValueError(f"user id {present[0]!r} is already in the store (use update or upsert)")
         return ids
 
-    def _check_metadata(self, ids: list[str], metadata: Sequence[dict] | None) -> None:
+    def _checked_metadata(self, ids: list[str], metadata: Sequence[dict] | None) -> list[dict] | None:
+        """``metadata`` validated and deep-copied (a JSON round trip), so no caller's dict is held by
+        reference; raises before the store changes."""
         if metadata is None:
-            return
-        if len(metadata) != len(ids):
-            raise ValueError(f"got {len(ids)} user ids but {len(metadata)} metadata dicts")
-        try:
-            json.dumps(list(metadata))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"metadata must be JSON-serialisable dicts: {err}") from None
+            return None
+        if isinstance(metadata, dict) or len(metadata) != len(ids):
+            raise ValueError(f"got {len(ids)} user ids but {1 if isinstance(metadata, dict) else len(metadata)} "
+                             "metadata dicts (pass a list of dicts)")
         for u, meta in zip(ids, metadata):
+            if meta is not None and not isinstance(meta, dict):
+                raise ValueError(f"metadata must be dicts (or None), got {type(meta).__name__} for user {u!r}")
+            if meta and any(not isinstance(key, str) for key in meta):
+                raise ValueError(f"metadata keys must be str for user {u!r}, got {list(meta)!r}")
             count = (meta or {}).get("n_comparisons", 0)
-            if isinstance(count, bool) or not isinstance(count, int):
+            if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
                 raise ValueError(f"metadata n_comparisons must be an int, got {count!r} for user {u!r}")
+            if not 0 <= count <= _MAX_COUNT:
+                raise ValueError(f"metadata n_comparisons must be in 0..{_MAX_COUNT}, got {count!r} for user {u!r}")
+        try:
+            return json.loads(json.dumps([dict(meta or {}) for meta in metadata], allow_nan=False,
+                                         default=_json_scalar))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"metadata must be JSON-serialisable dicts of finite values: {err}") from None
 
     def _reserve(self, n_ids: int) -> None:
         """Make the per-id arrays hold at least ``n_ids`` ids."""
@@ -256,37 +279,40 @@ class UserStore:
         self._users[int_ids] = None
 
     def _write(self, ids: list[str], x: np.ndarray, metadata: Sequence[dict] | None) -> None:
-        self._check_metadata(ids, metadata)
-        self._where.clear()
+        """Write validated ``ids`` and vectors ``x``: all or nothing. Everything that can be refused is
+        checked before the store changes; the FAISS add is the first change, and what follows it
+        cannot fail."""
+        metadata = self._checked_metadata(ids, metadata)
         now = time.time()
         n = len(ids)
         old = np.fromiter((self._int_of.get(u, -1) for u in ids), dtype=np.int64, count=n)
         known = old >= 0
         counts = np.zeros(n, dtype=np.int64)
         counts[known] = self._n_comparisons[old[known]]
-        self._drop(old[known])
+        if metadata is not None:
+            for j, meta in enumerate(metadata):
+                if "n_comparisons" in meta:
+                    counts[j] = meta["n_comparisons"]
         start, ntotal = self._next_id, self._index.ntotal
-        self._reserve(start + n)
+        self._reserve(start + n)  # bigger copies of the per-id arrays: no change the store can see
+        if self._row_ids is not None and ntotal + n > self._row_ids.shape[0]:
+            self._row_ids = _with_capacity(self._row_ids, max(2 * self._row_ids.shape[0], ntotal + n, 16), ntotal)
+        self._index.add(x)
+        self._where.clear()
         self._users[start:start + n] = ids
         for j, u in enumerate(ids):
             self._int_of[u] = start + j
-            if metadata is not None and metadata[j]:
-                extra = {key: v for key, v in metadata[j].items() if key not in COUNTERS}
-                if "n_comparisons" in metadata[j]:
-                    counts[j] = metadata[j]["n_comparisons"]
-                if extra:
-                    self._extra.setdefault(u, {}).update(extra)
+            extra = {} if metadata is None else {k: v for k, v in metadata[j].items() if k not in COUNTERS}
+            if extra:
+                self._extra.setdefault(u, {}).update(extra)
         self._n_comparisons[start:start + n] = counts
         self._updated_at[start:start + n] = now
         if self._gpu_vectors is not None:
             self._gpu_vectors[start:start + n] = x
         if self._row_ids is not None:
-            if ntotal + n > self._row_ids.shape[0]:
-                self._row_ids = _with_capacity(self._row_ids, max(2 * self._row_ids.shape[0], ntotal + n, 16),
-                                               ntotal)
             self._row_ids[ntotal:ntotal + n] = np.arange(start, start + n)
         self._next_id += n
-        self._index.add(x)
+        self._drop(old[known])  # the overwritten writes, now that their replacements are in
         self.updated_at = now
         self._maybe_rebuild()
 
@@ -425,7 +451,7 @@ class UserStore:
             self._check_ids(user_id, known=True)
             i = self._int_of[user_id]
             meta: dict[str, Any] = {"n_comparisons": int(self._n_comparisons[i])}
-            meta.update(self._extra.get(user_id, {}))
+            meta.update(copy.deepcopy(self._extra.get(user_id, {})))
             meta["updated_at"] = float(self._updated_at[i])
             return meta
 
@@ -475,17 +501,55 @@ class UserStore:
                 f"n_users={len(self)}, tombstones={self.n_tombstones})")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the store to the directory ``path``, replacing an earlier save atomically
-        (``plural.store_files.replace_directory``: a crash midway leaves the previous save loadable).
+    def check_consistency(self) -> None:
+        """Raise :class:`StoreError` if the store's id map, per-user arrays and index disagree
+        (:meth:`save` checks this before writing, so a damaged store never replaces a good save)."""
+        with self._lock:
+            live = self._live_ids()
+            n, ntotal = len(live), self._index.ntotal
+            problems = []
+            if n and (live[0] < 0 or live[-1] >= self._next_id):
+                problems.append("an id past the per-user arrays")
+            elif n and list(self._users[live]) != sorted(self._int_of, key=self._int_of.__getitem__):
+                problems.append("the id map and the user array disagree")
+            if self._can_remove:
+                if ntotal != n or not np.array_equal(self._row_ids[:ntotal], live):
+                    problems.append(f"{ntotal} index rows for {n} users")
+            elif ntotal != n + self._n_tombstones or (n and live[-1] >= ntotal):
+                problems.append(f"{ntotal} index rows for {n} users and {self._n_tombstones} tombstones")
+            if n and (self._n_comparisons[live] < 0).any():
+                problems.append("a negative n_comparisons")
+            if not set(self._extra) <= set(self._int_of):
+                problems.append("metadata of a user who is not stored")
+            if problems:
+                raise StoreError(f"the store is inconsistent ({'; '.join(problems)}); refusing to save it")
 
-        The directory holds ``manifest.json``, ``index.faiss`` (the bare FAISS index, tombstones
-        included), ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy``
-        and ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy``
-        (one entry per live user) and ``metadata.json`` (the extra metadata of the users who have some).
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the store to the directory ``path``, atomically and durably (``plural.saved_dir``:
+        a crash at any point leaves the previous save loadable, and every file's sha256 is recorded
+        in ``checksums.json`` and checked on load).
+
+        The directory holds ``manifest.json``, ``index.faiss`` (the bare FAISS index),
+        ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy`` and
+        ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy`` (one
+        entry per live user), ``metadata.json`` (the extra metadata of the users who have some) and
+        ``checksums.json``. An index holding tombstones (HNSW, GPU) is rebuilt first, so a removed
+        user's vector is not written.
+
+        Args:
+            path: the target directory: new, empty, or an earlier save of a store.
+            overwrite: also replace a directory holding other files (they are deleted).
+
+        Raises:
+            FileExistsError: ``path`` holds files that are not a store's, and ``overwrite`` is False.
+            StoreError: the store fails :meth:`check_consistency`, or another process holds the path.
         """
         faiss = import_faiss()
         with self._lock:
+            self.check_consistency()
+            if self._n_tombstones:
+                self.rebuild()
+
             def fill(tmp: Path) -> None:
                 live = self._live_ids()
                 names = self._users[live].tolist()
@@ -504,38 +568,54 @@ class UserStore:
                 (tmp / "metadata.json").write_text(json.dumps({u: self._extra[u] for u in names
                                                                if u in self._extra}))
                 faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
-                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
-            return replace_directory(Path(path), fill)
+            return saved_dir.write(Path(path), fill, what="a UserStore", is_kind=is_store,
+                                   known_names=KNOWN_NAMES, overwrite=overwrite, error=StoreError)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
-             expected_dim: int | None = None, *, use_gpu: bool | None = None) -> "UserStore":
+             expected_dim: int | None = None, *, model=None, use_gpu: bool | None = None) -> "UserStore":
         """Load a store written by :meth:`save` (format version 2, or version 1 from earlier releases).
+
+        Every file is checked against the sha256 recorded at save time (a save older than
+        checksums loads with a logged warning), and the manifest against the index file.
 
         Args:
             path: the saved directory (if a crash mid-save left only its ``.old`` sibling, that is read).
             expected_fingerprint: if given, the model fingerprint the store must have been saved with.
             expected_dim: if given, the vector dimension the store must have.
+            model: a fitted model the store must belong to: sets ``expected_fingerprint`` to
+                :func:`model_fingerprint` of it and ``expected_dim`` to its user dimension.
             use_gpu: as in the constructor.
 
         Raises:
-            StoreError (a ValueError): missing or corrupt files, or a fingerprint or dim mismatch.
+            StoreError (a ValueError): missing, altered or corrupt files, or a fingerprint or dim
+                mismatch; the message names the file.
         """
-        path = saved_directory(Path(path))
-        manifest = read_manifest(path)
-        if expected_fingerprint is not None and manifest["model_fingerprint"] != expected_fingerprint:
-            raise StoreError(f"{path} was saved for model fingerprint {manifest['model_fingerprint']!r}, "
-                             f"expected {expected_fingerprint!r}")
-        if expected_dim is not None and manifest["dim"] != expected_dim:
-            raise StoreError(f"{path} holds {manifest['dim']}-d vectors, expected {expected_dim}-d")
-        try:
-            read = read_v1 if manifest["format_version"] == 1 else read_v2
-            index, rows, names, counts, updated, extra = read(path, manifest)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
-            if isinstance(err, StoreError):
+        if model is not None:
+            expected_fingerprint = expected_fingerprint or model_fingerprint(model)
+            expected_dim = expected_dim or getattr(model, "user_dim", None)
+        with saved_dir.reading(Path(path), MANIFEST, StoreError) as path:
+            recorded = saved_dir.verify(path, StoreError)
+            manifest = read_manifest(path)
+            saved_dir.require(path, FILES[manifest["format_version"]], recorded, StoreError)
+            if recorded is None:
+                logger.warning("%s records no checksums (saved by an older release): its files are not verified",
+                               path)
+            if expected_fingerprint is not None and manifest["model_fingerprint"] != expected_fingerprint:
+                raise StoreError(f"{path} was saved for model fingerprint {manifest['model_fingerprint']!r}, "
+                                 f"expected {expected_fingerprint!r}: this store belongs to another model")
+            if expected_dim is not None and manifest["dim"] != expected_dim:
+                raise StoreError(f"{path} holds {manifest['dim']}-d vectors, expected {expected_dim}-d")
+            try:
+                read = read_v1 if manifest["format_version"] == 1 else read_v2
+                index, rows, names, counts, updated, extra = read(path, manifest)
+                rows, counts, updated = (np.array(a) for a in (rows, counts, updated))  # off the files
+            except StoreError:
                 raise
-            raise StoreError(f"{path} is corrupt: {type(err).__name__}: {err}") from None
+            except Exception as err:  # numpy, json and FAISS each raise their own types on bad files
+                raise StoreError(f"{path} is corrupt: {type(err).__name__}: {err}") from None
         store = cls(manifest["dim"], metric=manifest["metric"], index=manifest["index"],
                     model_fingerprint=manifest["model_fingerprint"], hnsw_m=manifest.get("hnsw_m", 32),
                     hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
@@ -585,14 +665,26 @@ def model_fingerprint(model) -> str:
 
     Hashes the model's name, its config (``dataclasses.asdict``), ``feature_dim_`` and every
     state-dict tensor's name, dtype, shape and bytes, so two differently trained models differ.
+    The digest is cached on the model until a weight is replaced or changed (any in-place update
+    bumps a tensor's version counter) or the config changes, so query-time checks stay cheap.
     """
     import torch
 
+    header = json.dumps({"name": model.name, "config": dataclasses.asdict(model.config),
+                         "feature_dim": model.feature_dim_}, sort_keys=True, default=repr)
+    state = sorted(model.state_dict(keep_vars=True).items())
+    versions = [t._version for _, t in state]
+    cached = getattr(model, "_plural_fingerprint", None)
+    # The cache holds the tensors themselves, so their memory cannot be reused by new weights.
+    if (cached is not None and cached[0] == header and len(cached[1]) == len(state)
+            and all(a is t and n == m for (n, t), (m, a) in zip(state, cached[1])) and cached[2] == versions):
+        return cached[3]
     h = hashlib.sha256()
-    h.update(json.dumps({"name": model.name, "config": dataclasses.asdict(model.config),
-                         "feature_dim": model.feature_dim_}, sort_keys=True, default=repr).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    h.update(header.encode())
+    for name, tensor in state:
         t = tensor.detach().cpu().contiguous().reshape(-1)
         h.update(f"\0{name}\0{t.dtype}\0{tuple(tensor.shape)}\0".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    digest = h.hexdigest()
+    object.__setattr__(model, "_plural_fingerprint", (header, [(n, t) for n, t in state], versions, digest))
+    return digest

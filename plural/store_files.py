@@ -1,5 +1,5 @@
-"""How a :class:`plural.store.UserStore` lies on disk: the manifest, the atomic directory swap, and
-the readers of each format version (2: bare FAISS index, ids and counters as ``.npy``, user ids as
+"""How a :class:`plural.store.UserStore` lies on disk: the manifest, and the files and
+readers of each format version (2: bare FAISS index, ids and counters as ``.npy``, user ids as
 UTF-8 bytes plus offsets; 1: ``IndexIDMap2``, ``vectors.npy``, ``ids.json``). Nothing is unpickled.
 """
 
@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -25,6 +20,13 @@ INDEX_KINDS = ("auto", "flat", "hnsw")
 MANIFEST_KEYS = ("format_version", "dim", "metric", "index", "model_fingerprint", "count",
                  "created_at", "updated_at")
 COUNTERS = ("n_comparisons", "updated_at")  # metadata kept in arrays, not in the extra dicts
+MANIFEST = "manifest.json"
+FILES = {  # the files of a save, by format version
+    1: ("manifest.json", "index.faiss", "vectors.npy", "ids.json"),
+    2: ("manifest.json", "index.faiss", "rows.npy", "user_id_offsets.npy", "user_id_bytes.npy",
+        "n_comparisons.npy", "updated_at.npy", "metadata.json"),
+}
+KNOWN_NAMES = frozenset(name for names in FILES.values() for name in names)
 
 
 class StoreError(ValueError):
@@ -62,43 +64,24 @@ def decode_ids(offsets: np.ndarray, blob: np.ndarray) -> np.ndarray:
     return np.fromiter(pieces, dtype=object, count=len(offsets) - 1)
 
 
-def replace_directory(path: Path, fill: Callable[[Path], None]) -> Path:
-    """Write a directory at ``path`` atomically: ``fill(tmp)`` writes it in a temporary sibling,
-    which then takes ``path``'s place with ``os.replace``; an earlier ``path`` is moved aside to
-    ``.<name>.old`` for the swap and removed after it. A crash midway leaves either the previous
-    directory at ``path`` or, between the two renames, at ``.<name>.old``, where
-    :func:`saved_directory` finds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp.", dir=path.parent))
-    old = path.with_name(f".{path.name}.old")
-    moved_aside = False
+def is_store(path: Path) -> bool:
+    """Whether the directory ``path`` holds a saved store's manifest (for the save guard)."""
     try:
-        fill(tmp)
-        if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-            moved_aside = True
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if moved_aside and not path.exists():
-            try:
-                os.replace(old, path)
-            except OSError:  # saved_directory() falls back to the .old directory
-                logger.warning("save to %s failed; the previous store is left at %s", path, old)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format_version") in LOADABLE_VERSIONS
 
 
-def saved_directory(path: Path) -> Path:
-    """``path``, or its ``.old`` sibling when a crash mid-save left only that one."""
-    old = path.with_name(f".{path.name}.old")
-    if not (path / "manifest.json").is_file() and (old / "manifest.json").is_file():
-        logger.warning("%s is missing; loading the previous save left at %s", path, old)
-        return old
-    return path
+def check_index_matches(path: Path, index, manifest: dict) -> None:
+    """Refuse an index file whose kind or metric contradicts the manifest."""
+    faiss = import_faiss()
+    kind = "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat" if isinstance(index, faiss.IndexFlat) else None
+    metric = {faiss.METRIC_L2: "l2", faiss.METRIC_INNER_PRODUCT: "ip"}.get(index.metric_type)
+    if kind != manifest["index"] or metric != manifest["metric"]:
+        raise StoreError(f"{path / 'index.faiss'} is a {kind or type(index).__name__} index with metric "
+                         f"{metric or index.metric_type}, but {path / MANIFEST} says {manifest['index']} "
+                         f"with {manifest['metric']}")
 
 
 def read_v2(path: Path, manifest: dict):
@@ -109,6 +92,7 @@ def read_v2(path: Path, manifest: dict):
               for name in ("rows", "user_id_offsets", "user_id_bytes", "n_comparisons", "updated_at")}
     extra = json.loads((path / "metadata.json").read_text())
     index = faiss.read_index(str(path / "index.faiss"))
+    check_index_matches(path, index, manifest)
     n, dim, n_rows = manifest["count"], manifest["dim"], manifest.get("n_rows", manifest["count"])
     rows, offsets, blob = arrays["rows"], arrays["user_id_offsets"], arrays["user_id_bytes"]
     shapes_ok = (rows.shape == arrays["n_comparisons"].shape == arrays["updated_at"].shape == (n,)
@@ -142,6 +126,7 @@ def read_v1(path: Path, manifest: dict):
                          f"{vectors.shape} {vectors.dtype}, index holds {id_map.ntotal} x {id_map.d}")
     labels = faiss.vector_to_array(id_map.id_map).astype(np.int64)  # row -> version-1 int id
     index = faiss.clone_index(id_map.index)  # the bare index, owned by Python
+    check_index_matches(path, index, manifest)
     del id_map
     order = np.argsort(labels, kind="stable")
     pos = np.searchsorted(labels, int_ids, sorter=order)
@@ -164,12 +149,12 @@ def read_v1(path: Path, manifest: dict):
 
 
 def read_manifest(path: Path) -> dict:
-    file = path / "manifest.json"
+    file = path / MANIFEST
     if not file.is_file():
         raise StoreError(f"{path} is not a saved UserStore (no manifest.json)")
     try:
         manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise StoreError(f"{file} is corrupt: {err}") from None
     if not isinstance(manifest, dict):
         raise StoreError(f"{file} is corrupt: expected a JSON object, got {type(manifest).__name__}")
@@ -181,4 +166,16 @@ def read_manifest(path: Path) -> dict:
                          f"(expected one of {LOADABLE_VERSIONS})")
     if manifest["metric"] not in METRICS or manifest["index"] not in INDEX_KINDS[1:]:
         raise StoreError(f"{file} is corrupt: metric {manifest['metric']!r}, index {manifest['index']!r}")
+    ints = {"dim": 1, "count": 0, "n_rows": 0, "hnsw_m": 2, "hnsw_ef_search": 1, "hnsw_ef_construction": 1}
+    for key, least in ints.items():
+        value = manifest.get(key, least)
+        if value is None and key == "hnsw_ef_construction":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise StoreError(f"{file} is corrupt: {key} must be an int >= {least}, got {value!r}")
+    for key in ("created_at", "updated_at"):
+        if isinstance(manifest[key], bool) or not isinstance(manifest[key], (int, float)):
+            raise StoreError(f"{file} is corrupt: {key} must be a number, got {manifest[key]!r}")
+    if manifest["model_fingerprint"] is not None and not isinstance(manifest["model_fingerprint"], str):
+        raise StoreError(f"{file} is corrupt: model_fingerprint must be a string or null")
     return manifest

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from plural.saved_dir import record_checksums
 from plural.store import StoreError, UserStore, model_fingerprint
 
 D = 16
@@ -249,12 +250,17 @@ def test_corrupt_or_mismatched_saves_raise_value_errors(tmp_path):
     with pytest.raises(StoreError, match="corrupt"):
         UserStore.load(path)
     manifest_file.write_text(json.dumps({**good, "format_version": 99}))
+    with pytest.raises(StoreError, match="manifest.json is corrupt: its sha256"):
+        UserStore.load(path)  # an edit is refused until the save is re-stamped
+    record_checksums(path)
     with pytest.raises(ValueError, match="format version 99"):
         UserStore.load(path)
     manifest_file.write_text(json.dumps({k: v for k, v in good.items() if k != "dim"}))
+    record_checksums(path)
     with pytest.raises(ValueError, match="missing keys.*dim"):
         UserStore.load(path)
     manifest_file.write_text(json.dumps({**good, "count": 11}))
+    record_checksums(path)
     with pytest.raises(ValueError, match="inconsistent"):
         UserStore.load(path)
     with pytest.raises(ValueError, match="no manifest"):
@@ -267,9 +273,11 @@ def test_vectors_are_loaded_without_pickle(tmp_path):
     for name in ("n_comparisons", "user_id_bytes"):
         good = np.load(path / f"{name}.npy")
         np.save(path / f"{name}.npy", np.array([{"evil": 1}] * 5, dtype=object), allow_pickle=True)
-        with pytest.raises(ValueError):
+        record_checksums(path)  # past the checksums, the reader itself must refuse the pickle
+        with pytest.raises(StoreError):
             UserStore.load(path)
         np.save(path / f"{name}.npy", good)
+        record_checksums(path)
     assert len(UserStore.load(path)) == 5
 
 
@@ -286,7 +294,7 @@ def test_round_trip_keeps_extra_metadata_and_unusual_ids(tmp_path, kind):
     assert loaded.metadata("") == {"n_comparisons": 0, "source": "survey", "tags": [1, 2],
                                    "updated_at": store.metadata("")["updated_at"]}
     assert loaded.metadata("\ud800")["weight"] == 0.5 and loaded.metadata("\ud800")["n_comparisons"] == 4
-    assert loaded.n_tombstones == (1 if kind == "hnsw" else 0)
+    assert loaded.n_tombstones == 0 and loaded._index.ntotal == 5  # the removed user's vector is not saved
 
 
 def test_metadata_merges_on_update_and_goes_with_the_user():
@@ -401,6 +409,7 @@ def test_flat_save_with_tombstones_loads_on_cpu_without_them(tmp_path):
     np.save(path / "rows.npy", np.arange(1, 21, dtype=np.int64))
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "n_rows": 21}))
+    record_checksums(path)
     loaded = UserStore.load(path)
     assert loaded._index.ntotal == 20 and loaded.n_tombstones == 0
     _assert_same(store, loaded, x[:5])
@@ -421,14 +430,15 @@ def test_gpu_code_path_with_a_cpu_stand_in(tmp_path, monkeypatch):
     assert store.n_tombstones == 2 and "u0" not in store.search(x[:1], k=49)[0][0]
     x[1] = x[2]
     np.testing.assert_array_equal(store.get(ids[1:]), x[1:])
-    path = store.save(tmp_path / "s")
+    path = store.save(tmp_path / "s")  # compacts first: no forgotten vector reaches the disk
+    assert store.n_tombstones == 0 and store._index.ntotal == 49
     on_gpu = UserStore.load(path, use_gpu=True)
-    assert on_gpu.n_tombstones == 2
+    assert on_gpu.n_tombstones == 0
     _assert_same(store, on_gpu, x[:10])
     on_cpu = UserStore.load(path, use_gpu=False)
     assert on_cpu.n_tombstones == 0 and on_cpu._index.ntotal == 49
     _assert_same(store, on_cpu, x[:10])
-    store.remove(ids[2:12])  # 12 tombstones > 20% of 51 -> rebuilt
+    store.remove(ids[2:12])  # 10 tombstones > 20% of 49 -> rebuilt
     assert store.n_tombstones == 0 and store._index.ntotal == 39 and store._gpu_vectors.shape[0] == 39
     np.testing.assert_array_equal(store.get(ids[12:]), x[12:])
 

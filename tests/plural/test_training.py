@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from plural.checkpoint import CheckpointError, load_model, save_model
+from plural.saved_dir import record_checksums
 from plural.data.splits import split_comparisons
 from plural.evaluation import evaluate
 from plural.model import NotFittedError, make_model
@@ -64,7 +65,7 @@ def test_checkpoint_round_trip_is_exact(trained, tmp_path):
     assert model.user_ids_ == list(data.user_ids[users]) and model.user_counts_ == counts.tolist()
     # nothing in the directory needs unpickling
     files = sorted(p.name for p in (tmp_path / "bt").iterdir())
-    assert files == ["config.json", "vocab.json", "weights.safetensors"]
+    assert files == ["checksums.json", "config.json", "vocab.json", "weights.safetensors"]
 
 
 def test_saving_again_replaces_atomically(trained, tmp_path):
@@ -87,12 +88,16 @@ def test_checkpoint_of_another_class_or_dimension_fails_clearly(trained, tmp_pat
     cfg = json.loads((tmp_path / "bt" / "config.json").read_text())
     cfg["config"]["hidden_dim"] = 7
     (tmp_path / "bt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config.json is corrupt: its sha256"):
+        load_model(tmp_path / "bt")  # a hand edit is refused until re-stamped
+    record_checksums(tmp_path / "bt")
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_model(tmp_path / "bt")
     cfg["config"]["hidden_dim"] = model.config.hidden_dim
     (tmp_path / "bt" / "config.json").write_text(json.dumps(cfg))
     vocab = json.loads((tmp_path / "bt" / "vocab.json").read_text())
     (tmp_path / "bt" / "vocab.json").write_text(json.dumps({**vocab, "user_counts": vocab["user_counts"][1:]}))
+    record_checksums(tmp_path / "bt")
     with pytest.raises(CheckpointError, match="vocab.json does not describe this model: user_counts"):
         load_model(tmp_path / "bt")
     (tmp_path / "bt" / "config.json").write_text("{not json")
