@@ -24,11 +24,30 @@ from plural.laplace import stable_sigmoid
 from plural.latent import LatentUserModel, inference, support_weight
 from plural.model import PreferenceModel, UserState
 from plural.store import UserStore, model_fingerprint
+from plural.store_files import StoreError
 
 logger = logging.getLogger(__name__)
 
 MIN_CONTEXT_USERS = 10
 """Fewest stored users of a context for :func:`personalize` to build the prior from them alone."""
+
+
+class StoreMismatchError(StoreError):
+    """A user store given to :func:`personalize` was built for another model (a ``ValueError``)."""
+
+
+def check_store_fingerprint(model: PreferenceModel, store: UserStore) -> None:
+    """Raise :class:`StoreMismatchError` when ``store`` records the fingerprint of a model other than
+    ``model`` (:func:`plural.store.model_fingerprint`); a store that records none (built by hand) passes."""
+    recorded = getattr(store, "model_fingerprint", None)
+    if recorded is None:
+        logger.debug("the store records no model fingerprint: not checking it belongs to this %s", model.name)
+        return
+    actual = model_fingerprint(model)
+    if recorded != actual:
+        raise StoreMismatchError(f"store was built for model fingerprint {recorded[:12]}…, this model is "
+                                 f"{actual[:12]}…; rebuild it with build_user_store(model) or pass "
+                                 "check_fingerprint=False")
 
 
 def supports_retrieval(model: PreferenceModel) -> bool:
@@ -58,7 +77,7 @@ def build_user_store(model: PreferenceModel, index: str = "auto") -> UserStore:
 
 def personalize(model: PreferenceModel, store: UserStore, support: dict | None, n_neighbors: int = 64,
                 shrinkage: float = 0.2, bandwidth: float = 0.5, exhaustive_below: int = 4096,
-                by_context: bool = True, return_neighbors: bool = False):
+                by_context: bool = True, return_neighbors: bool = False, check_fingerprint: bool = True):
     """A :class:`UserState` for a new user from ``support`` under the stored users as a prior.
 
     The prior is a kernel density over stored user vectors: a Gaussian of covariance
@@ -88,9 +107,17 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
             contexts; ``benchmarks/polis_store_prior.py``, 3 seeds) this beat plain ``adapt`` at every
             k, where the whole store tied it.
         return_neighbors: also return ``[(user_id, posterior weight), ...]`` of the stored users.
+        check_fingerprint: raise :class:`StoreMismatchError` when the store records the fingerprint
+            of another model (:func:`check_store_fingerprint`), whatever the model and the support;
+            False skips the check (it hashes the model's weights).
 
     Returns:
         The state (and the neighbours when asked).
+
+    Raises:
+        ValueError: a bad argument or support (:meth:`plural.model.PreferenceModel.check_support`,
+            which also cuts a support to ``plural.model.MAX_SUPPORT`` comparisons), or a store of
+            another model (:class:`StoreMismatchError`).
     """
     if not 0 <= shrinkage <= 1:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage!r}")
@@ -98,13 +125,15 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
+    support = model.check_support(support)
+    if check_fingerprint and store is not None:
+        check_store_fingerprint(model, store)
     n = 0 if support is None else int(len(support["label"]))
     if n == 0 or not supports_retrieval(model):
         state = model.adapt(support)
         return (state, []) if return_neighbors else state
     if store.dim != model.user_dim:
         raise ValueError(f"store holds {store.dim}-d vectors but {model.name} has {model.user_dim}-d users")
-    model.check_features(support["features_a"])
     batch = {k: v.to(model.device) for k, v in support.items()}
     label = batch["label"].double().cpu().numpy()
     weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
@@ -205,5 +234,6 @@ def neighbours_table(model: PreferenceModel, store: UserStore, support: dict, n:
     return sorted(neighbours, key=lambda t: -t[1])[:n]
 
 
-__all__ = ["build_user_store", "neighbours_table", "personalize", "personalize_fn", "supports_retrieval"]
+__all__ = ["StoreMismatchError", "build_user_store", "check_store_fingerprint", "neighbours_table", "personalize",
+           "personalize_fn", "supports_retrieval"]
 

@@ -253,7 +253,7 @@ class LatentUserModel(PreferenceModel):
     def adapt(self, support=None, prior: UserState | None = None) -> UserState:
         """MAP user vector from ``support`` under a Gaussian prior (the population's by default, or
         ``prior``'s vector and covariance), with the Laplace covariance."""
-        self.check_is_fitted()
+        support = self.check_support(support)
         if prior is not None and prior.covariance is not None:
             mean, cov = prior.vector.double().to(self.device), prior.covariance.double().to(self.device)
             precision = torch.linalg.inv(cov)
@@ -264,7 +264,6 @@ class LatentUserModel(PreferenceModel):
         n = 0 if support is None else int(len(support["label"]))
         if n == 0:
             return UserState(vector=mean.float().cpu(), covariance=cov.float().cpu(), n_comparisons=0)
-        self.check_features(support["features_a"])
         with inference(self):
             fn = self._support_margins({k: v.to(self.device) for k, v in support.items()})
             u, post_cov = gauss_newton_map(

@@ -9,7 +9,8 @@ method checks the model is fitted. Subclasses implement:
 - ``pair_margin(batch)``: ``r(a) - r(b)`` for the batch's users (training and evaluation);
 - ``reward(item_features, user_state=None, item_index=None)``: scores batched over items and users;
 - ``user_states()``: the latent vectors of the users seen in training;
-- ``adapt(support, prior=None)``: a :class:`UserState` for a new user from a few comparisons.
+- ``adapt(support, prior=None)``: a :class:`UserState` for a new user from a few comparisons, first
+  passing them through :meth:`PreferenceModel.check_support` (validation, the :data:`MAX_SUPPORT` cap).
 
 The Bradley-Terry likelihood (``plural.likelihood``) and the shared train/validation step live here.
 """
@@ -29,6 +30,19 @@ from plural.likelihood import bradley_terry_nll, preference_probability
 logger = logging.getLogger(__name__)
 
 Batch = dict  # str -> Tensor; see plural.batch.comparison_batch for the keys
+
+MAX_SUPPORT = 5_000
+"""Most comparisons a new user's support is adapted on (:meth:`PreferenceModel.check_support`): a
+larger support is cut to this many by a seeded uniform sample without replacement (a batch carries no
+order to keep the most recent by), with a logged warning, so that one query never spends seconds
+silently. Read at call time."""
+
+SUPPORT_SEED = 0
+"""Seed of the sample that cuts a support down to :data:`MAX_SUPPORT` (the same support always gives
+the same sample)."""
+
+_SUPPORT_INDEX_KEYS = ("item_a", "item_b", "context", "user")
+_SUPPORT_FEATURE_KEYS = ("features_a", "features_b")
 
 
 class NotFittedError(RuntimeError):
@@ -187,6 +201,101 @@ class PreferenceModel(pl.LightningModule):
             raise ValueError(f"{type(self).__name__} expects item features of shape (n, "
                              f"{self.feature_dim_}), got {tuple(features.shape)}")
 
+    def check_support(self, support: Batch | None) -> Batch | None:
+        """Validate a new user's support (a batch as made by ``plural.batch.comparison_batch``) the
+        way training data is validated, and return the batch to adapt on. Every ``adapt`` and
+        ``plural.personalize`` call it first.
+
+        Checked (a ``ValueError`` naming the key, the row and the value otherwise): ``label``,
+        ``features_a`` and ``features_b`` are present; every per-comparison tensor has one row per
+        label; features are float, finite and of shape ``(n, feature_dim_)``; labels are float and one
+        of 0, 0.5, 1; weights are float, finite and >= 0; ``item_a``/``item_b``, ``context`` and
+        ``user`` are integer and within the model's vocabularies (-1 .. size - 1, -1 meaning unknown).
+
+        Defaults: an absent ``weight`` is one per comparison (as in training), an absent ``item_a`` or
+        ``item_b`` is -1 (items known by their features only); ``context`` and ``user`` stay optional.
+        A support of more than :data:`MAX_SUPPORT` comparisons is cut to a seeded uniform sample of
+        that many (in their original order), with a logged warning.
+
+        Returns:
+            None for None; otherwise a new dict (the input is not modified), possibly subsampled.
+        """
+        self.check_is_fitted()
+        if support is None:
+            return None
+        if not isinstance(support, dict):
+            raise ValueError(f"support must be a comparison batch (a dict of tensors, see "
+                             f"plural.batch.comparison_batch), got {type(support).__name__}")
+        missing = [k for k in ("label", *_SUPPORT_FEATURE_KEYS) if k not in support]
+        if missing:
+            raise ValueError(f"support is missing {', '.join(missing)}: a comparison batch needs label, "
+                             "features_a and features_b (see plural.batch.comparison_batch)")
+        for key in ("label", "weight", *_SUPPORT_FEATURE_KEYS, *_SUPPORT_INDEX_KEYS):
+            if key in support and not isinstance(support[key], torch.Tensor):
+                raise ValueError(f"support {key} must be a torch.Tensor, got {type(support[key]).__name__}")
+        label = support["label"]
+        if label.ndim != 1 or not label.is_floating_point():
+            raise ValueError(f"support label must be a 1-d float tensor, got shape {tuple(label.shape)} "
+                             f"of {label.dtype}")
+        n = len(label)
+        batch = dict(support)
+        if "weight" not in batch:
+            batch["weight"] = torch.ones(n, dtype=label.dtype, device=label.device)
+        for key in ("item_a", "item_b"):
+            if key not in batch:
+                batch[key] = torch.full((n,), -1, dtype=torch.long, device=label.device)
+        d = self.feature_dim_
+        for key in _SUPPORT_FEATURE_KEYS:
+            f = batch[key]
+            if f.ndim != 2 or f.shape[1] != d or not f.is_floating_point():
+                raise ValueError(f"{type(self).__name__} expects item features of shape (n, {d}), got "
+                                 f"{tuple(f.shape)} of {f.dtype} for support {key}")
+        weight = batch["weight"]
+        if weight.ndim != 1 or not weight.is_floating_point():
+            raise ValueError(f"support weight must be a 1-d float tensor, got shape {tuple(weight.shape)} "
+                             f"of {weight.dtype}")
+        sizes = {"item": len(self.item_ids_), "context": len(self.context_ids_), "user": len(self.user_ids_)}
+        checks = []  # (key, bad-row mask, message for a bad value); tested with one device sync
+        for key in ("weight", *_SUPPORT_FEATURE_KEYS, *_SUPPORT_INDEX_KEYS):
+            if key not in batch:
+                continue
+            t = batch[key]
+            if len(t) != n:
+                raise ValueError(f"support {key} has {len(t)} rows but label has {n}: every tensor of a "
+                                 "support holds one row per comparison")
+            if key in _SUPPORT_INDEX_KEYS:
+                if t.ndim != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                    raise ValueError(f"support {key} must be a 1-d integer tensor of model indices, got "
+                                     f"shape {tuple(t.shape)} of {t.dtype}")
+                vocab = key[:-2] if key.startswith("item_") else key
+                size = sizes[vocab]
+                valid = f"-1 .. {size - 1}" if size else "only -1: it has none"
+                checks.append((key, (t < -1) | (t >= size),
+                               f"is past the model's {vocab} vocabulary (valid: {valid})"))
+        checks.append(("label", ~((label == 0) | (label == 0.5) | (label == 1)), "is not one of 0, 0.5, 1"))
+        checks.append(("weight", ~torch.isfinite(weight) | (weight < 0), "must be finite and >= 0"))
+        for key in _SUPPORT_FEATURE_KEYS:
+            checks.append((key, ~torch.isfinite(batch[key]).all(dim=1), "holds NaN or infinite values"))
+        if n:
+            flags = torch.stack([mask.any() for _, mask, _ in checks]).tolist()
+            for (key, mask, problem), bad in zip(checks, flags):
+                if bad:
+                    rows = torch.nonzero(mask).squeeze(1)
+                    row = int(rows[0])
+                    value = batch[key][row]
+                    shown = "" if value.ndim else f" {value.item():g}"
+                    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+                    raise ValueError(f"support {key}{shown} at row {row} {problem}{more}")
+        cap = MAX_SUPPORT
+        if n > cap:
+            generator = torch.Generator().manual_seed(SUPPORT_SEED)
+            keep = torch.randperm(n, generator=generator)[:cap].sort().values
+            logger.warning("the support holds %d comparisons, more than MAX_SUPPORT=%d: %s adapts on a "
+                           "seeded uniform sample of %d of them", n, cap, type(self).__name__, cap)
+            batch = {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
+                     for k, v in batch.items()}
+        return batch
+
     # ------------------------------------------------------------------ the contract
     def pair_margin(self, batch: Batch) -> torch.Tensor:
         """``(B,)`` reward margins ``r(a) - r(b)`` for each comparison's user."""
@@ -215,7 +324,8 @@ class PreferenceModel(pl.LightningModule):
 
     def adapt(self, support: Batch | None, prior: UserState | None = None) -> UserState:
         """A :class:`UserState` for a new user from the comparisons in ``support`` (a batch as made by
-        ``plural.batch.comparison_batch``); None or an empty batch gives the population state."""
+        ``plural.batch.comparison_batch``); None or an empty batch gives the population state.
+        Implementations start with ``support = self.check_support(support)``."""
         raise NotImplementedError
 
     def state_margin(self, batch: Batch, state: UserState) -> torch.Tensor:

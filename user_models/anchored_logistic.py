@@ -72,12 +72,11 @@ class AnchoredLogistic(PreferenceModel):
         return UserState(vector=self._anchor().float().cpu())
 
     def adapt(self, support=None, prior=None) -> UserState:
-        self.check_is_fitted()
+        support = self.check_support(support)
         mean = self._anchor() if prior is None else prior.vector.double().to(self.weight.device)
         n = 0 if support is None else int(len(support["label"]))
         if n == 0:
             return UserState(vector=mean.float().cpu(), n_comparisons=0)
-        self.check_features(support["features_a"])
         delta = (support["features_a"] - support["features_b"]).to(self.weight.device)
         d = self.feature_dim_
         precision = torch.eye(d, dtype=torch.float64, device=delta.device) * self.config.prior_precision

@@ -319,14 +319,12 @@ class EMMixture(PreferenceModel):
             A :class:`UserState` whose ``vector`` is the ``(K,)`` posterior and whose ``covariance`` is
             that of the one-hot head indicator, ``diag(g) - g g^T`` (not a Gaussian's).
         """
-        self.check_is_fitted()
+        support = self.check_support(support)
         weights = self.mixture_weights if prior is None else self._as_weights(prior.vector)
         n = 0 if support is None else int(len(support["label"]))
         if n == 0:
             posterior = weights.detach().cpu().clone()
             return UserState(vector=posterior, covariance=categorical_covariance(posterior))
-        self.check_features(support["features_a"])
-        self.check_features(support["features_b"])
         with inference(self):
             batch = {key: value.to(self.device) for key, value in support.items()}
             log_lik, _ = noisy_label_log_likelihood(self.head_margins(batch), batch["label"],

@@ -92,7 +92,5 @@ class ItemWinRate(PreferenceModel):
         return UserState(vector=torch.zeros(0))
 
     def adapt(self, support=None, prior=None) -> UserState:
-        self.check_is_fitted()
-        if support is not None and len(support["label"]):
-            self.check_features(support["features_a"])
+        support = self.check_support(support)
         return UserState(vector=torch.zeros(0), n_comparisons=0 if support is None else len(support["label"]))

@@ -313,15 +313,13 @@ class VPL(LatentUserModel):
         """The posterior over a new user's z from one encoder pass over ``support``: the vector is
         its mean, the covariance its diagonal. ``prior`` replaces the N(0, I) prior the encoder was
         trained under (Gaussian prior swap); None or an empty support gives the prior itself."""
-        self.check_is_fitted()
+        support = self.check_support(support)
         n = 0 if support is None else int(len(support["label"]))
         if n == 0:
             if prior is None:
                 return self.population_state()
             cov = torch.eye(self.user_dim) if prior.covariance is None else prior.covariance
             return UserState(vector=prior.vector.float().cpu(), covariance=cov.float().cpu())
-        self.check_features(support["features_a"])
-        self.check_features(support["features_b"])
         with inference(self):
             mean, std = self.encode({k: v.to(self.device) for k, v in support.items()})
         mean, var = mean.double().cpu(), std.double().cpu().pow(2)

@@ -68,7 +68,11 @@ def test_bad_arguments_and_fallbacks(setup):
     bt = make_model("bradley_terry", hidden_dim=8).fit(data, max_epochs=1, show_progress=False)
     with pytest.raises(ValueError, match="no user vectors"):
         build_user_store(bt)
-    assert personalize(bt, store, comparison_batch(data, episodes[0].support(3), bt)).vector.numel() == 0
+    # the store is the low-rank model's: checked against bt's fingerprint it is refused
+    support = comparison_batch(data, episodes[0].support(3), bt)
+    with pytest.raises(ValueError, match="store was built for model fingerprint"):
+        personalize(bt, store, support)
+    assert personalize(bt, store, support, check_fingerprint=False).vector.numel() == 0
 
 
 def test_ideal_point_goes_through_the_store_too(setup):

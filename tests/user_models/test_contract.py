@@ -11,7 +11,7 @@ from plural.data.splits import make_episodes, split_comparisons, split_users
 from plural.data.synthetic import make_mixture
 from plural.evaluation import evaluate
 from plural.fewshot import curve_value, few_shot_curve
-from plural.model import NotFittedError, UserState, make_model
+from plural.model import MAX_SUPPORT, NotFittedError, UserState, make_model
 
 POPULATION_ONLY = ["bradley_terry", "item_winrate"]
 PER_USER = ["anchored_logistic", "per_user_logistic"]
@@ -119,6 +119,27 @@ def test_rejects_bad_input(fitted, planted, name):
         model.reward(torch.zeros(2, 5))
     with pytest.raises(NotFittedError):
         make_model(name, **OPTIONS.get(name, {})).reward(torch.zeros(2, 16))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_adapt_checks_its_support(fitted, planted, name, caplog):
+    model = fitted[name]
+    _, data, _, _ = planted
+    cases = [("label", 1, 0.7, r"support label 0.7 at row 1 is not one of 0, 0.5, 1"),
+             ("features_b", 2, float("nan"), r"support features_b at row 2 holds NaN"),
+             ("weight", 0, -2.0, r"support weight -2 at row 0 must be finite and >= 0"),
+             ("item_b", 2, len(model.item_ids_) + 3, r"support item_b \d+ at row 2 is past the model's item vocabulary"),
+             ("context", 0, len(model.context_ids_), r"support context \d+ at row 0 is past the model's context")]
+    for key, row, value, message in cases:
+        bad = comparison_batch(data, np.arange(3), model)
+        bad[key][row] = value
+        with pytest.raises(ValueError, match=message):
+            model.adapt(bad)
+    big = comparison_batch(data, np.arange(MAX_SUPPORT + 1000), model)
+    with caplog.at_level("WARNING", logger="plural.model"):
+        state = model.adapt(big)
+    assert state.n_comparisons == MAX_SUPPORT and "MAX_SUPPORT" in caplog.text
+    assert torch.isfinite(state.vector).all()
 
 
 @pytest.mark.parametrize("name", ["low_rank", "ideal_point", "anchored_logistic"])
