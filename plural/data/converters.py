@@ -5,13 +5,19 @@ One function per shape of raw data: :func:`from_pandas` (one comparison a row), 
 :func:`from_votes` (agree / disagree / pass, as in Polis); :func:`from_file` and
 :func:`from_hf_dataset` read a table and dispatch to one of them. Pairs derived from ratings,
 rankings and votes are stored in a random, seeded orientation, so labels mix 1 and 0 and a model
-cannot learn that "the first item wins". Every row dropped on purpose is counted in ``meta``.
+cannot learn that "the first item wins". Every row dropped on purpose is counted in ``meta``, and
+so are repeated comparisons, which are kept (``duplicate_comparisons``, ``contradictory_comparisons``).
+
+Ids are kept exactly as written: files are read without type guessing (:func:`read_table`), so
+``007`` and ``7`` are two ids and ``NA`` is an id, and two different values that would read as one
+id (``1`` and ``"1"`` in an object column) raise, as does a missing one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -20,16 +26,103 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from plural.data.container import PreferenceData
+from plural.data.container import PreferenceData, _show, read_ids
 
 logger = logging.getLogger(__name__)
 
 ANONYMOUS_USER = "anonymous"  # the user of every TRL row when user_id=None
 
+
+# ---------------------------------------------------------------------------- reading files
+def _read_delimited(path: Path, sep: str, **kwargs) -> pd.DataFrame:
+    """Every cell as its written text; only an empty cell is missing (``NA``, ``null``, ``007``
+    and ``1e3`` are ids like any other). ``kwargs`` go to ``pd.read_csv`` and override these."""
+    return pd.read_csv(path, **{"sep": sep, "dtype": str, "keep_default_na": False,
+                                "na_values": [""], **kwargs})
+
+
+def _as_written(value: Any) -> Any:
+    """A value parsed by :func:`_loads` with JSON's booleans as their text, nested values too."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return [_as_written(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_written(v) for k, v in value.items()}
+    return value
+
+
+def _loads(text: str) -> Any:
+    """JSON with every literal as written: strings as they are, numbers as their text (``1e3``
+    stays ``"1e3"``, ``1.50`` ``"1.50"``), ``true`` / ``false`` as ``"true"`` / ``"false"``,
+    ``null`` as None."""
+    return _as_written(json.loads(text, parse_int=str, parse_float=str, parse_constant=str))
+
+
+def _json_options(path: Path, kwargs: dict) -> str:
+    """The encoding, the only option the JSON readers take."""
+    unknown = sorted(set(kwargs) - {"encoding"})
+    if unknown:
+        raise TypeError(f"cannot read {str(path)!r} with {unknown}: JSON is parsed as written, so "
+                        "the only option is encoding (pandas options apply to csv, tsv and parquet)")
+    return kwargs.get("encoding", "utf-8")
+
+
+def _preview(text: str) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _read_jsonl(path: Path, **kwargs) -> pd.DataFrame:
+    """One JSON object a line, values as written (:func:`_loads`); blank lines are skipped and a
+    malformed line raises naming the file and its 1-based line number."""
+    rows = []
+    with open(path, encoding=_json_options(path, kwargs)) as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = _loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid JSON: {err.msg} (column "
+                                 f"{err.colno})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path} line {number}: expected a JSON object, got "
+                                 f"{_preview(line)}")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_json(path: Path, **kwargs) -> pd.DataFrame:
+    """A JSON array of objects (``orient="records"``), or an object of columns, each a list of
+    values or pandas' default ``{index: value}``; values as written (:func:`_loads`)."""
+    try:
+        value = _loads(Path(path).read_text(encoding=_json_options(path, kwargs)))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} line {err.lineno}: not valid JSON: {err.msg} (column "
+                         f"{err.colno})") from None
+    if isinstance(value, list):
+        bad = next((k for k, row in enumerate(value) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: record {bad} is not a JSON object: "
+                             f"{_preview(json.dumps(value[bad]))}")
+        return pd.DataFrame(value)
+    if isinstance(value, dict) and all(isinstance(c, list) for c in value.values()):
+        lengths = {len(c) for c in value.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"{path}: columns have different lengths {sorted(lengths)}")
+        return pd.DataFrame(value)
+    if isinstance(value, dict) and all(isinstance(c, dict) for c in value.values()):
+        index = list(dict.fromkeys(k for c in value.values() for k in c))
+        return pd.DataFrame({name: [c.get(k) for k in index] for name, c in value.items()})
+    raise ValueError(f"{path}: expected an array of objects or an object of columns (lists, or "
+                     "{index: value} objects)")
+
+
 _READERS: dict[str, Callable[..., pd.DataFrame]] = {
-    ".csv": pd.read_csv, ".tsv": lambda path, **kw: pd.read_csv(path, **{"sep": "\t", **kw}),
-    ".jsonl": lambda path, **kw: pd.read_json(path, **{"lines": True, **kw}),
-    ".json": pd.read_json, ".parquet": pd.read_parquet,
+    ".csv": lambda path, **kw: _read_delimited(path, ",", **kw),
+    ".tsv": lambda path, **kw: _read_delimited(path, "\t", **kw),
+    ".jsonl": _read_jsonl, ".json": _read_json, ".parquet": pd.read_parquet,
 }
 
 
@@ -59,17 +152,20 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
-def _show(value: Any) -> str:
-    """``repr`` of a cell, numpy scalars shown as Python ones (``2``, not ``np.int64(2)``)."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+def _id_columns(df: pd.DataFrame, cols: list[str]) -> list[np.ndarray]:
+    """Columns ``cols`` of one vocabulary, each as an ``(n,)`` object array of ids as written
+    (:func:`~plural.data.container.read_ids`): a missing value names its row, and two different
+    values reading as one id (``1`` and ``"1"`` in an object column) raise naming both."""
+    for col in cols:
+        null = df[col].isna().to_numpy()
+        if null.any():
+            raise ValueError(f"row {int(np.flatnonzero(null)[0])}: {col!r} is missing")
+    return read_ids([(f"column {col!r}", df[col]) for col in cols])
 
 
 def _ids(df: pd.DataFrame, col: str) -> np.ndarray:
-    """Column ``col`` as an ``(n,)`` object array of strings; a missing value names its row."""
-    null = df[col].isna().to_numpy()
-    if null.any():
-        raise ValueError(f"row {int(np.flatnonzero(null)[0])}: {col!r} is missing")
-    return np.asarray(df[col].astype(str), dtype=object)
+    """Column ``col`` as an ``(n,)`` object array of ids as written (see :func:`_id_columns`)."""
+    return _id_columns(df, [col])[0]
 
 
 def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
@@ -82,8 +178,13 @@ def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
     return values
 
 
-def _contexts(df: pd.DataFrame, col: str | None) -> list | None:
-    return None if col is None else [None if _is_missing(c) else str(c) for c in df[col]]
+def _contexts(df: pd.DataFrame, col: str | None) -> np.ndarray | None:
+    """Column ``col`` as ``(n,)`` context ids as written, None where missing (no context)."""
+    if col is None:
+        return None
+    values = df[col].to_numpy(dtype=object, copy=True)
+    values[pd.isna(values)] = None
+    return read_ids([(f"column {col!r}", values)], none_ok=(f"column {col!r}",))[0]
 
 
 def _keep_last(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -150,15 +251,48 @@ def _item_table(item_table: pd.DataFrame | None, item_id: str, item_text: str,
     return ids, [None if _is_missing(t) else str(t) for t in item_table[item_text]]
 
 
+def _count_repeats(data: PreferenceData) -> tuple[int, int]:
+    """``(duplicates, contradictions)`` among the comparisons, in row order.
+
+    A row is a duplicate if an earlier row has its user, unordered item pair, context and
+    judgement (``(a, b, label 1)`` and ``(b, a, label 0)`` are one judgement), and contradictory if
+    earlier rows have its user, pair and context but none of them its judgement.
+    """
+    lo, hi = np.minimum(data.item_a, data.item_b), np.maximum(data.item_a, data.item_b)
+    prefers_lo = np.where(data.item_a == lo, data.label, 1 - data.label)  # 0.5 either way round
+    columns = (data.user, lo, hi, data.context + 1, np.rint(2 * prefers_lo).astype(np.int64))
+    n_contexts = 0 if data.context_ids is None else len(data.context_ids)
+    dims = (data.n_users, data.n_items, data.n_items, n_contexts + 1, 3)
+    if np.prod(dims, dtype=object) < 2 ** 63:  # one int64 key a row: hashing is fast
+        key = np.ravel_multi_index(columns, dims)
+        repeated, same = pd.Series(key // 3).duplicated(), pd.Series(key).duplicated()
+    else:
+        rows = pd.DataFrame(dict(zip(("user", "lo", "hi", "context", "judgement"), columns)))
+        repeated, same = rows.iloc[:, :4].duplicated(), rows.duplicated()
+    repeated, same = repeated.to_numpy(), same.to_numpy()
+    return int(same.sum()), int((repeated & ~same).sum())
+
+
 def _build(users, items_a, items_b, labels, *, name: str, meta: dict, item_table=None,
            item_id: str = "item_id", item_text: str = "text", **records) -> PreferenceData:
-    """Attach the item table, construct (the container validates every row) and log."""
+    """Attach the item table, construct (the container validates every row), count repeated
+    comparisons and log.
+
+    ``meta`` gains ``duplicate_comparisons`` and ``contradictory_comparisons``
+    (:func:`_count_repeats`); such rows are kept.
+    """
     if len(users) == 0:
         raise ValueError(f"empty dataset: {name!r} yields no comparisons ({meta})")
     used = np.concatenate([np.asarray(items_a, object), np.asarray(items_b, object)])
     ids, text = _item_table(item_table, item_id, item_text, used)
     data = PreferenceData.from_records(users, items_a, items_b, labels, item_ids=ids,
                                        item_text=text, name=name, meta=meta, **records)
+    duplicates, contradictions = _count_repeats(data)
+    data.meta.update(duplicate_comparisons=duplicates, contradictory_comparisons=contradictions)
+    if duplicates or contradictions:
+        logger.info("%s: %d duplicate comparisons (an earlier row's user, item pair, context and "
+                    "judgement) and %d contradictory ones (an earlier row's user, pair and "
+                    "context, another judgement), all kept", name, duplicates, contradictions)
     logger.info("%s: %d comparisons from %d users over %d items%s", name, len(data),
                 data.n_users, data.n_items, f"; {meta}" if meta else "")
     return data
@@ -189,7 +323,7 @@ def from_pandas(df: pd.DataFrame, *, user: str = "user_id", item_a: str = "item_
     """
     df = _frame(df, name)
     _check_columns(df, [user, item_a, item_b, label, weight, context], "data")
-    return _build(_ids(df, user), _ids(df, item_a), _ids(df, item_b), _numbers(df, label),
+    return _build(_ids(df, user), *_id_columns(df, [item_a, item_b]), _numbers(df, label),
                   weights=None if weight is None else _numbers(df, weight),
                   contexts=_contexts(df, context), item_table=item_table, item_id=item_id,
                   item_text=item_text, name=name, meta={})
@@ -300,22 +434,19 @@ def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_i
                        item_table=item_table, item_id=item_id, item_text=item_text)
 
 
-def _ranking(value: Any, row: int) -> list[str]:
-    """A ranking cell as a list of item ids: a list/array, a JSON array, or ``"a,b,c"``."""
+def _ranking(value: Any, row: int) -> list | np.ndarray:
+    """A ranking cell as a list of raw item ids: a list/array, a JSON array (its literals as
+    written, ``[007, 1e3]`` is ``["007", "1e3"]``), or ``"a,b,c"``."""
     if isinstance(value, str):
         text = value.strip()
         try:
-            value = json.loads(text) if text.startswith("[") else [
+            value = _loads(text) if text.startswith("[") else [
                 x.strip() for x in text.split(",") if x.strip()]
         except ValueError as err:
             raise ValueError(f"row {row}: ranking {text!r} is not a JSON array: {err}") from None
     if not isinstance(value, (list, tuple, np.ndarray)):
         raise ValueError(f"row {row}: ranking must be a list of item ids, got {value!r}")
-    ids = [str(x) for x in value]
-    if len(set(ids)) < len(ids):
-        dup = next(x for k, x in enumerate(ids) if x in ids[:k])
-        raise ValueError(f"row {row}: item {dup!r} appears more than once in the ranking")
-    return ids
+    return value
 
 
 def from_rankings(df: pd.DataFrame, *, user: str = "user_id", ranking: str = "ranking",
@@ -337,10 +468,16 @@ def from_rankings(df: pd.DataFrame, *, user: str = "user_id", ranking: str = "ra
     df = _frame(df, name)
     _check_columns(df, [user, ranking, context], "rankings")
     users, contexts = _ids(df, user), _contexts(df, context)
+    rankings = [_ranking(value, row) for row, value in enumerate(df[ranking])]
+    lengths = np.array([len(r) for r in rankings], dtype=np.int64)
+    flat = np.fromiter(itertools.chain.from_iterable(rankings), dtype=object, count=lengths.sum())
+    (flat,) = read_ids([(f"column {ranking!r}", flat, np.repeat(np.arange(len(df)), lengths))])
     pair_users, winners, losers, pair_contexts = [], [], [], []
     short = 0
-    for row, value in enumerate(df[ranking]):
-        ids = np.asarray(_ranking(value, row), dtype=object)
+    for row, ids in enumerate(np.split(flat, np.cumsum(lengths)[:-1])):
+        if len(set(ids)) < len(ids):
+            dup = next(x for k, x in enumerate(ids) if x in ids[:k])
+            raise ValueError(f"row {row}: item {dup!r} appears more than once in the ranking")
         if len(ids) < 2:
             short += 1
             continue
@@ -428,8 +565,24 @@ def _converter(kind: str) -> Callable[..., PreferenceData]:
 
 
 def read_table(path: str | Path, **kwargs) -> pd.DataFrame:
-    """Read a table by its suffix: ``.csv``, ``.tsv``, ``.jsonl`` (one JSON object a line),
-    ``.json`` or ``.parquet``; ``kwargs`` go to the pandas reader (e.g. ``dtype=str``)."""
+    """Read a table by its suffix, keeping every cell as written, so ids such as ``007`` and
+    ``7``, ``1e3``, ``True``, ``NA`` or ``null`` stay distinct strings (numeric columns are parsed
+    later, by the converters).
+
+    - ``.csv`` / ``.tsv``: every column as text and only an empty cell missing (``pd.read_csv``
+      with ``dtype=str, keep_default_na=False, na_values=[""]``); ``kwargs`` go to
+      ``pd.read_csv`` and override these (a ``dtype`` given replaces ``str``).
+    - ``.jsonl`` (one JSON object a line; blank lines skipped; a malformed line raises naming its
+      line number) and ``.json`` (an array of objects, or an object of columns): parsed with
+      :mod:`json`, strings as they are, numbers as their literal text (``1e3`` -> ``"1e3"``),
+      ``true`` / ``false`` -> ``"true"`` / ``"false"``, ``null`` missing; the only option is
+      ``encoding``.
+    - ``.parquet``: its own column types (``pd.read_parquet`` with ``kwargs``); the converters then
+      turn ids into text with ``str``.
+
+    Returns:
+        ``(n_rows, n_columns)`` frame.
+    """
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:

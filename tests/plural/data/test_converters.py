@@ -8,6 +8,9 @@ from plural.data.converters import (from_file, from_hf_dataset, from_pandas, fro
                                     from_ratings, from_trl, from_votes, read_table)
 
 
+NO_REPEATS = {"duplicate_comparisons": 0, "contradictory_comparisons": 0}  # _build counts them
+
+
 def _winners(data):
     """Set of (user, winner, loser) string triples, orientation removed."""
     out = set()
@@ -47,7 +50,7 @@ def test_from_pandas_basic(pairs):
     data = from_pandas(pairs)
     assert (data.n_comparisons, data.n_users, data.n_items) == (3, 2, 3)
     assert data.label.tolist() == [1.0, 0.0, 0.5]
-    assert data.item_text is None and data.name == "pandas" and data.meta == {}
+    assert data.item_text is None and data.name == "pandas" and data.meta == NO_REPEATS
 
 
 def test_from_pandas_item_table_weight_context(pairs, items):
@@ -164,7 +167,7 @@ def test_from_ratings_pairs_and_meta(ratings):
     assert _winners(data) == {("ann", "a", "b"), ("ann", "a", "c"), ("ann", "b", "c"),
                               ("ann", "d", "c"), ("cat", "b", "a")}
     assert data.meta == {"dropped_duplicate_ratings": 0, "pairs_capped": 0,
-                         "users_without_pairs": 1}
+                         "users_without_pairs": 1, **NO_REPEATS}
 
 
 def test_from_ratings_min_gap(ratings):
@@ -244,7 +247,7 @@ def test_from_rankings_pairs_and_context():
     data = from_rankings(df, context="topic")
     assert _winners(data) == {("ann", "a", "b"), ("ann", "a", "c"), ("ann", "b", "c"),
                               ("bob", "c", "a")}
-    assert data.meta == {"short_rankings": 1}
+    assert data.meta == {"short_rankings": 1, **NO_REPEATS}
     assert data.context_ids[data.context].tolist() == ["t1", "t1", "t1", "t2"]
 
 
@@ -285,7 +288,7 @@ def test_from_votes_pairs_pass_drop_and_namespacing(votes):
     data = from_votes(votes, group="conv")
     assert _winners(data) == {("c1/ann", "x", "y"), ("c1/ann", "x", "z"), ("c2/ann", "p", "r")}
     assert data.meta == {"dropped_duplicate_votes": 0, "dropped_pass_votes": 3, "pairs_capped": 0,
-                         "users_without_pairs": 1}
+                         "users_without_pairs": 1, **NO_REPEATS}
     flat = from_votes(votes)  # without the group column, ann is one voter across conversations
     assert flat.user_ids.tolist() == ["ann"] and len(flat) == 6
 
