@@ -510,15 +510,17 @@ class UserStore:
             problems = []
             if n and (live[0] < 0 or live[-1] >= self._next_id):
                 problems.append("an id past the per-user arrays")
-            elif n and list(self._users[live]) != sorted(self._int_of, key=self._int_of.__getitem__):
-                problems.append("the id map and the user array disagree")
+            else:
+                names = self._users[live]
+                if any(u is None or self._int_of.get(u) != i for u, i in zip(names.tolist(), live.tolist())):
+                    problems.append("the id map and the user array disagree")
+                if n and (self._n_comparisons[live] < 0).any():
+                    problems.append("a negative n_comparisons")
             if self._can_remove:
                 if ntotal != n or not np.array_equal(self._row_ids[:ntotal], live):
                     problems.append(f"{ntotal} index rows for {n} users")
             elif ntotal != n + self._n_tombstones or (n and live[-1] >= ntotal):
                 problems.append(f"{ntotal} index rows for {n} users and {self._n_tombstones} tombstones")
-            if n and (self._n_comparisons[live] < 0).any():
-                problems.append("a negative n_comparisons")
             if not set(self._extra) <= set(self._int_of):
                 problems.append("metadata of a user who is not stored")
             if problems:

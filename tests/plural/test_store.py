@@ -491,3 +491,95 @@ def test_gpu_defaults_off_without_gpu_and_asking_for_one_names_the_extra():
     assert UserStore(4).use_gpu is False
     with pytest.raises(ImportError, match=r"plural\[gpu\]"):
         UserStore(4, use_gpu=True)
+
+
+# ---------------------------------------------------------------------- failed writes change nothing
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad_meta", [{"n_comparisons": 2 ** 63}, {"n_comparisons": -1}, {"when": object()},
+                                      {"score": float("nan")}, {3: "non-str key"}])
+def test_a_refused_write_leaves_the_store_and_its_save_as_they_were(tmp_path, kind, bad_meta):
+    store, ids, x = _store(kind, n=20)
+    path = store.save(tmp_path / "s")
+    before = UserStore.load(path)
+    for call, who in ((store.add, ["new"]), (store.update, ["u1"]), (store.upsert, ["u2", "new"])):
+        with pytest.raises(ValueError, match="metadata"):
+            call(who, np.full((len(who), D), 5.0), [dict(bad_meta)] * len(who))
+        assert "new" not in store and len(store) == 20
+        _assert_same(before, store, x[:5])  # u1 and u2 keep their vectors
+    assert store.check_consistency() is None
+    store.save(path)
+    _assert_same(before, UserStore.load(path), x[:5])
+
+
+def test_save_refuses_an_inconsistent_store_and_keeps_the_good_save(tmp_path):
+    store, ids, x = _store("flat", n=20)
+    path = store.save(tmp_path / "s")
+    store._int_of["ghost"] = 999  # as a bug or a half-applied write would leave it
+    with pytest.raises(StoreError, match="inconsistent.*refusing to save"):
+        store.save(path)
+    assert len(UserStore.load(path)) == 20
+
+
+def test_metadata_is_copied_in_and_out():
+    store = UserStore(D)
+    meta = {"tags": ["a"], "profile": {"age": 30}}
+    store.add(["u"], np.ones(D), [meta])
+    meta["tags"].append("changed by the caller")
+    meta["profile"]["age"] = 99
+    out = store.metadata("u")
+    out["tags"].append("changed by a reader")
+    out["profile"]["age"] = 1
+    assert store.metadata("u")["tags"] == ["a"] and store.metadata("u")["profile"] == {"age": 30}
+    store.update(["u"], np.ones(D), [{"n_comparisons": np.int64(3)}])
+    assert store.metadata("u")["n_comparisons"] == 3 and store.metadata("u")["tags"] == ["a"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_removed_users_vector_is_not_in_the_saved_index(tmp_path, kind):
+    store, ids, x = _store(kind, n=40)
+    secret = np.full((1, D), 7.25, dtype=np.float32)
+    store.add(["leaver"], secret)
+    store.update(["u1"], np.zeros((1, D)))  # the overwritten vector must not survive either
+    store.remove(["leaver"])
+    path = store.save(tmp_path / "s")
+    index = faiss.read_index(str(path / "index.faiss"))
+    saved = index.reconstruct_n(0, index.ntotal)
+    assert index.ntotal == 40
+    assert not (saved == secret).all(axis=1).any()
+    assert not (saved == x[1]).all(axis=1).any()
+    _assert_same(store, UserStore.load(path), x[:5])
+
+
+def test_load_checks_the_model_it_is_given(tmp_path):
+    from plural.model import make_model
+
+    model = make_model("low_rank", hidden_dim=8, n_components=D, item_dim=4).build(4, ["a", "b"], ["x", "y"])
+    store = UserStore(D, model_fingerprint=model_fingerprint(model))
+    store.add(["a"], np.ones(D))
+    path = store.save(tmp_path / "s")
+    assert len(UserStore.load(path, model=model)) == 1
+    other = make_model("low_rank", hidden_dim=8, n_components=D, item_dim=4).build(4, ["a", "b"], ["x", "y"])
+    with torch_no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(StoreError, match="belongs to another model"):
+        UserStore.load(path, model=other)
+    narrow = make_model("low_rank", hidden_dim=8, n_components=2, item_dim=4).build(4, ["a"], ["x", "y"])
+    with pytest.raises(StoreError):
+        UserStore.load(path, model=narrow)
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+@pytest.mark.parametrize("field, value", [("metric", "ip"), ("index", "hnsw")])
+def test_a_manifest_contradicting_its_index_file_is_refused(tmp_path, field, value):
+    store, _, _ = _store("flat", n=10)
+    path = store.save(tmp_path / "s")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, field: value}))
+    record_checksums(path)  # past the checksums: the contradiction itself must be caught
+    with pytest.raises(StoreError, match="index.faiss is a flat index with metric l2, but"):
+        UserStore.load(path)
