@@ -50,7 +50,7 @@ def train(
     overwrite: bool = typer.Option(False, help="replace OUT even if it holds files that are not a plural run"),
 ) -> None:
     """Train MODEL on the seen users of DATA and save the run to OUT."""
-    from plural.runs import train_run
+    from plural.training.runs import train_run
 
     _quiet_lightning()
     start = time.perf_counter()
@@ -66,7 +66,7 @@ def train(
 @app.command("eval")
 def eval_(run: Path = typer.Argument(..., help="run directory written by `plural train`")) -> None:
     """Evaluate a saved run on its held-out comparisons and print a table."""
-    from plural.runs import evaluate_run
+    from plural.training.runs import evaluate_run
 
     _quiet_lightning()
     out = evaluate_run(run)
@@ -84,7 +84,7 @@ def demo(
 ) -> None:
     """Train the Bradley-Terry baseline, then a latent-user model, and personalize it for users it
     never saw from 10 of their comparisons."""
-    from plural.runs import personalization_run
+    from plural.training.runs import personalization_run
 
     console.rule(f"1. Bradley-Terry baseline on {data}")
     train(data=data, model="bradley_terry", out=out / "bradley_terry", seed=0, max_epochs=30,
@@ -117,9 +117,9 @@ def _show_one_user(res: dict) -> None:
     """Personalize one unseen user through the store; print neighbours and recommendations."""
     import torch
 
-    from plural.adapt import personalize
-    from plural.batch import comparison_batch
-    from plural.recommend import ItemIndex
+    from plural.query.personalize import personalize
+    from plural.core.batch import comparison_batch
+    from plural.query.recommend import ItemIndex
 
     model, data, store = res["model"], res["data"], res["store"]
     ep = max(res["episodes"], key=lambda e: len(e.support_pool))
@@ -164,7 +164,7 @@ def bench(
                                      "rating=stars, item_table=items.csv, item_text=title (repeatable)"),
 ) -> None:
     """Run the evaluation protocol over datasets x models x seeds and write a table and plots."""
-    from plural.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
+    from apps.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
 
     _quiet_lightning()
     names = [d.strip() for d in data.split(",") if d.strip()]

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plural.active import STRATEGIES, simulate_session
-from plural.batch import comparison_batch
-from plural.bench import load_bench_dataset
+from plural.query.active import STRATEGIES, simulate_session
+from plural.core.batch import comparison_batch
+from apps.bench import load_bench_dataset
 from plural.data.splits import make_episodes, split_comparisons, split_users
-from plural.evaluation import pairwise_accuracy
-from plural.model import make_model
+from plural.evaluation.metrics import pairwise_accuracy
+from plural.core.model import make_model
 
 EPOCHS = {"synthetic_mixture": 20, "polis": 10}
 

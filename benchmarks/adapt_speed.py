@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from plural.batch import comparison_batch
-from plural.bench import load_bench_dataset
+from plural.core.batch import comparison_batch
+from apps.bench import load_bench_dataset
 from plural.data.splits import make_episodes, split_comparisons, split_users
-from plural.evaluation import pairwise_accuracy
-from plural.latent import inference
-from plural.model import UserState, make_model
+from plural.evaluation.metrics import pairwise_accuracy
+from plural.core.latent import inference
+from plural.core.model import UserState, make_model
 
 
 def adam_adapt(model, support: dict, steps: int = 500, lr: float = 0.05) -> UserState:

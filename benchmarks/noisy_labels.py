@@ -20,8 +20,8 @@ from pathlib import Path
 
 from plural.data.splits import split_comparisons, split_users
 from plural.data.synthetic import make_mixture
-from plural.evaluation import predict_proba, summarize
-from plural.model import make_model
+from plural.evaluation.metrics import predict_proba, summarize
+from plural.core.model import make_model
 
 
 LATENT_OPTIONS = {"use_identity": False, "n_components": 4}

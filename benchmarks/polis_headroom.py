@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from plural.bench import bench_users
+from apps.bench import bench_users
 from plural.data.splits import DEFAULT_SHOTS, make_episodes
-from plural.runs import load_dataset
+from plural.training.runs import load_dataset
 
 GRID = [(rank, lam) for rank in (2, 4, 8) for lam in (0.3, 1.0, 3.0)]
 

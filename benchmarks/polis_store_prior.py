@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from plural.adapt import build_user_store, personalize
-from plural.bench import bench_users, load_bench_dataset
+from plural.query.personalize import build_user_store, personalize
+from apps.bench import bench_users, load_bench_dataset
 from plural.data.splits import DEFAULT_SHOTS, make_episodes
-from plural.fewshot import few_shot_curve
-from plural.model import make_model
-from plural.store import UserStore
+from plural.evaluation.fewshot import few_shot_curve
+from plural.core.model import make_model
+from plural.query.store import UserStore
 
 MODEL = "low_rank"
 

@@ -62,7 +62,7 @@ def measure_load(path: str) -> dict:
     """Load time and resident-memory growth of loading the store at ``path`` (run in a fresh process)."""
     import faiss  # noqa: F401 - imported before the baseline (as in bench_store), so only the store is counted
 
-    from plural.store import UserStore
+    from plural.query.store import UserStore
 
     gc.collect()
     before = rss_bytes()
@@ -104,7 +104,7 @@ def graph_bytes(store) -> int:
 def bench_store(args) -> dict:
     import faiss
 
-    from plural.store import UserStore
+    from plural.query.store import UserStore
 
     n, d = args.n_users, args.dim
     vectors = user_vectors(n, d, seed=args.seed)
@@ -184,9 +184,9 @@ def bench_store(args) -> dict:
 def bench_items(args) -> dict:
     import torch
 
-    from plural.model import UserState, make_model
-    from plural.recommend import ItemIndex
-    from plural.scoring import score_items
+    from plural.core.model import UserState, make_model
+    from plural.query.recommend import ItemIndex
+    from plural.query.scoring import score_items
 
     import faiss
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from plural.bench import bench_synthetic, bench_users
+from apps.bench import bench_synthetic, bench_users
 from plural.data.splits import make_episodes
 from plural.data.synthetic import few_shot_oracle, type_oracle
 

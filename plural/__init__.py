@@ -6,23 +6,23 @@ Example:
     >>> model = plural.make_model("bradley_terry").fit(data)   # doctest: +SKIP
 """
 
-from plural.active import (ActiveSession, expected_information_gain, expected_target_variance_reduction,
+from plural.query.active import (ActiveSession, expected_information_gain, expected_target_variance_reduction,
                            rank_questions, simulate_session)
-from plural.adapt import StoreMismatchError, build_user_store, check_store_fingerprint, personalize
-from plural.batch import comparison_batch
-from plural.checkpoint import CheckpointError, load_model, save_model
+from plural.query.personalize import StoreMismatchError, build_user_store, check_store_fingerprint, personalize
+from plural.core.batch import comparison_batch
+from plural.training.checkpoint import CheckpointError, load_model, save_model
 from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas, from_rankings,
                          from_ratings, from_trl, from_votes, load, make_episodes, split_comparisons,
                          split_users)
-from plural.encoders import FeatureEncoder, TextEncoder, encode_items
-from plural.evaluation import evaluate, predict_proba
-from plural.fewshot import few_shot_curve
-from plural.model import (MAX_SUPPORT, ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
+from plural.data.encoders import FeatureEncoder, TextEncoder, encode_items
+from plural.evaluation.metrics import evaluate, predict_proba
+from plural.evaluation.fewshot import few_shot_curve
+from plural.core.model import (MAX_SUPPORT, ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
                           make_model, register_model)
-from plural.recommend import ItemIndex
-from plural.scoring import score_items
-from plural.store import StoreError, UserStore, model_fingerprint
-from plural.training import fit
+from plural.query.recommend import ItemIndex
+from plural.query.scoring import score_items
+from plural.query.store import StoreError, UserStore, model_fingerprint
+from plural.training.fit import fit
 
 __version__ = "0.1.0"
 

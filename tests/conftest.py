@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 from plural.data.splits import make_episodes, split_comparisons, split_users  # noqa: E402
 from plural.data.synthetic import make_mixture, make_population  # noqa: E402
-from plural.model import make_model  # noqa: E402
+from plural.core.model import make_model  # noqa: E402
 
 for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)

@@ -14,8 +14,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from plural.laplace import gauss_newton_map, linear_margins
-from plural.model import ModelConfig, PreferenceModel, UserState, register_model
+from plural.core.laplace import gauss_newton_map, linear_margins
+from plural.core.model import ModelConfig, PreferenceModel, UserState, register_model
 
 
 @dataclasses.dataclass

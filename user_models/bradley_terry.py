@@ -13,7 +13,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from plural.model import ModelConfig, PreferenceModel, UserState, register_model
+from plural.core.model import ModelConfig, PreferenceModel, UserState, register_model
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ Alignment" (LCPO, 2025), the posterior probability that a label is correct weigh
 
 Departures:
 
-1. The heads share the hybrid item representation (``plural.layers.HybridItems``) and a population
+1. The heads share the hybrid item representation (``plural.core.layers.HybridItems``) and a population
    weight: ``r_k(x) = s * ((w0 + v_k) . phi(x) + b(x))``; the offsets ``v_k`` start distinct and
    random so the heads do not collapse onto one another.
 2. MaxMin-RLHF hard-assigns users to clusters and refits each reward to convergence; here the E-step
@@ -43,13 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plural.batch import ComparisonDataset
-from plural.latent import LatentConfig, inference, support_weight
-from plural.layers import HybridItems
-from plural.label_noise import (categorical_covariance, em_round, fit_margin_scale, mixture_logit,
+from plural.core.batch import ComparisonDataset
+from plural.core.latent import LatentConfig, inference, support_weight
+from plural.core.layers import HybridItems
+from plural.core.label_noise import (categorical_covariance, em_round, fit_margin_scale, mixture_logit,
                                  noisy_label_log_likelihood, rows_of)
-from plural.likelihood import bradley_terry_nll
-from plural.model import PreferenceModel, UserState, register_model
+from plural.core.likelihood import bradley_terry_nll
+from plural.core.model import PreferenceModel, UserState, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class EMMixture(PreferenceModel):
             dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         if not isinstance(dataset, ComparisonDataset):
             raise RuntimeError(f"{type(self).__name__}'s E-step runs over the training comparisons as a "
-                               f"plural.batch.ComparisonDataset (plural.training.fit supplies one); got "
+                               f"plural.core.batch.ComparisonDataset (plural.training.fit.fit supplies one); got "
                                f"{type(dataset).__name__}")
         return dataset
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plural.latent import LatentConfig, LatentUserModel
-from plural.model import register_model
+from plural.core.latent import LatentConfig, LatentUserModel
+from plural.core.model import register_model
 
 DISTANCES = ("squared", "cosine")
 VARIANTS = ("A", "B")

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from plural.model import ModelConfig, PreferenceModel, UserState, register_model
+from plural.core.model import ModelConfig, PreferenceModel, UserState, register_model
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class ItemWinRate(PreferenceModel):
 
     def fit(self, data, *, train_rows=None, encoder=None, **ignored) -> "ItemWinRate":
         """Count wins and losses over ``train_rows`` (closed form: no gradient training)."""
-        from plural.encoders import ensure_features
+        from plural.data.encoders import ensure_features
 
         start = time.perf_counter()
         data = ensure_features(data, encoder)

@@ -17,9 +17,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from plural.laplace import LinearMargins
-from plural.latent import LatentConfig, LatentUserModel
-from plural.model import register_model
+from plural.core.laplace import LinearMargins
+from plural.core.latent import LatentConfig, LatentUserModel
+from plural.core.model import register_model
 
 
 @dataclasses.dataclass

@@ -12,7 +12,7 @@ Departures from the paper:
 1. **Population + personal by construction.** ``r(x, z) = w0 . phi(x) + b(x) + z . (W phi(x))``: the
    personal part is bilinear in ``z``, so it is exactly zero at ``z = 0`` (the prior mean), and a user
    with no comparisons gets the population reward. The paper's reward is an MLP of ``(x, z)``.
-2. **Hybrid items** (``plural.layers.HybridItems``): ``phi`` and ``b`` come from the item features
+2. **Hybrid items** (``plural.core.layers.HybridItems``): ``phi`` and ``b`` come from the item features
    plus a learned embedding and bias for items seen in training. The encoder reads comparisons
    through the same ``phi``: each comparison becomes ``[s (phi_a - phi_b), phi_a + phi_b]`` with
    ``s = 2 label - 1`` (invariant to swapping a and b and flipping the label), goes through an MLP,
@@ -52,10 +52,10 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from plural.latent import LatentConfig, LatentUserModel, inference
-from plural.layers import HybridItems, mlp
-from plural.likelihood import bradley_terry_nll, preference_probability
-from plural.model import UserState, register_model
+from plural.core.latent import LatentConfig, LatentUserModel, inference
+from plural.core.layers import HybridItems, mlp
+from plural.core.likelihood import bradley_terry_nll, preference_probability
+from plural.core.model import UserState, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ class VPL(LatentUserModel):
         train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
         if train_set is None:
             raise RuntimeError("VPL encodes each user from their training comparisons and reads them "
-                               "from the datamodule's train_set; train it with plural.training.fit")
+                               "from the datamodule's train_set; train it with plural.training.fit.fit")
         t = train_set.tensors
         self._n_train = len(train_set)
         rows = torch.nonzero(t["user"] >= 0).squeeze(1)

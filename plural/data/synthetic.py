@@ -174,7 +174,7 @@ def few_shot_oracle(data: PreferenceData, episodes, ks, oracle: dict) -> list[di
     from their k support labels (Bradley-Terry likelihood, with the realised flip rate).
 
     At k=0 this is the share-weighted mixture of the type rewards; as k grows it approaches the
-    oracle accuracy (the user's own true reward). Averaged like :func:`plural.fewshot.few_shot_curve`
+    oracle accuracy (the user's own true reward). Averaged like :func:`plural.evaluation.fewshot.few_shot_curve`
     (episodes -> per-user mean -> mean over users), so the two can share a table.
 
     Returns:

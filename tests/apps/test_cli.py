@@ -25,7 +25,7 @@ def test_train_and_eval_bradley_terry_on_ukpconvarg1(tmp_path):
     assert result.exit_code == 0, result.output
     assert "seen, test" in result.output and "unseen, k=0" in result.output
 
-    from plural.runs import evaluate_run
+    from plural.training.runs import evaluate_run
 
     res = evaluate_run(out)["results"]
     # PROTOCOL.md: population BT on frozen MiniLM text features is about 74% on this data; chance is 50%

@@ -2,7 +2,7 @@
 
 import pytest
 
-from plural.bench import bench_synthetic
+from apps.bench import bench_synthetic
 
 
 @pytest.fixture(scope="module")

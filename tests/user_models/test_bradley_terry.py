@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from plural.batch import comparison_batch
-from plural.model import available_models, make_model
+from plural.core.batch import comparison_batch
+from plural.core.model import available_models, make_model
 from user_models.bradley_terry import BradleyTerry
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from plural.batch import comparison_batch
-from plural.checkpoint import load_model, save_model
+from plural.core.batch import comparison_batch
+from plural.training.checkpoint import load_model, save_model
 from plural.data.splits import make_episodes, split_comparisons, split_users
 from plural.data.synthetic import make_mixture
-from plural.evaluation import evaluate
-from plural.fewshot import curve_value, few_shot_curve
-from plural.model import MAX_SUPPORT, NotFittedError, UserState, make_model
+from plural.evaluation.metrics import evaluate
+from plural.evaluation.fewshot import curve_value, few_shot_curve
+from plural.core.model import MAX_SUPPORT, NotFittedError, UserState, make_model
 
 POPULATION_ONLY = ["bradley_terry", "item_winrate"]
 PER_USER = ["anchored_logistic", "per_user_logistic"]
@@ -136,7 +136,7 @@ def test_adapt_checks_its_support(fitted, planted, name, caplog):
         with pytest.raises(ValueError, match=message):
             model.adapt(bad)
     big = comparison_batch(data, np.arange(MAX_SUPPORT + 1000), model)
-    with caplog.at_level("WARNING", logger="plural.model"):
+    with caplog.at_level("WARNING", logger="plural.core.model"):
         state = model.adapt(big)
     assert state.n_comparisons == MAX_SUPPORT and "MAX_SUPPORT" in caplog.text
     assert torch.isfinite(state.vector).all()

@@ -4,10 +4,10 @@ import pytorch_lightning as pl
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from plural.batch import comparison_batch
-from plural.checkpoint import load_model, save_model
+from plural.core.batch import comparison_batch
+from plural.training.checkpoint import load_model, save_model
 from plural.data.container import PreferenceData
-from plural.model import UserState, available_models, make_model
+from plural.core.model import UserState, available_models, make_model
 from user_models.em_mixture import EMMixture, EMMixtureConfig
 
 FLIP_RATE = 0.2

@@ -3,10 +3,10 @@ import pyro
 import pytest
 import torch
 
-from plural.batch import comparison_batch
-from plural.checkpoint import load_model, save_model
+from plural.core.batch import comparison_batch
+from plural.training.checkpoint import load_model, save_model
 from plural.data.container import PreferenceData
-from plural.model import UserState, available_models, make_model
+from plural.core.model import UserState, available_models, make_model
 from user_models.vpl import VPL, VPLConfig, sample_context
 
 DIM, N_ITEMS = 8, 200

@@ -1,0 +1,1 @@
+"""The math and the contract: likelihoods, the Laplace step, layers, the model contract, batches, devices."""

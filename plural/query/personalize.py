@@ -1,0 +1,239 @@
+"""Query-time personalization with the user store: a few comparisons -> the stored users who best
+explain them -> a posterior -> a :class:`UserState` with its uncertainty.
+
+The stored users' vectors are an empirical sample of the population, so they make a better prior
+for a new user than one Gaussian: a kernel density over them (plus the population prior, for users
+unlike any stored one). For a model whose margins are linear in the user vector (``low_rank``) the
+posterior under that prior is a mixture of Laplace posteriors, one per stored user, weighted by
+their evidence; it is computed in one batched NumPy pass over the retrieved users. Large stores are
+searched first: the gradient of the support log-likelihood at the population, ``J^T (y - sigmoid(m(0)))``,
+is the direction in user space the comparisons point to (for a linear model, the signed sum of
+their feature differences mapped into user space), and the stored users with the largest inner
+product with it are retrieved. Where comparisons have contexts (Polis conversations), a new user's
+prior is built from the stored users of their own context only, recentred on the population mean.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from plural.core.laplace import stable_sigmoid
+from plural.core.latent import LatentUserModel, inference, support_weight
+from plural.core.model import PreferenceModel, UserState
+from plural.query.store import UserStore, model_fingerprint
+from plural.query.store_files import StoreError
+
+logger = logging.getLogger(__name__)
+
+MIN_CONTEXT_USERS = 10
+"""Fewest stored users of a context for :func:`personalize` to build the prior from them alone."""
+
+
+class StoreMismatchError(StoreError):
+    """A user store given to :func:`personalize` was built for another model (a ``ValueError``)."""
+
+
+def check_store_fingerprint(model: PreferenceModel, store: UserStore) -> None:
+    """Raise :class:`StoreMismatchError` when ``store`` records the fingerprint of a model other than
+    ``model`` (:func:`plural.query.store.model_fingerprint`); a store that records none (built by hand) passes."""
+    recorded = getattr(store, "model_fingerprint", None)
+    if recorded is None:
+        logger.debug("the store records no model fingerprint: not checking it belongs to this %s", model.name)
+        return
+    actual = model_fingerprint(model)
+    if recorded != actual:
+        raise StoreMismatchError(f"store was built for model fingerprint {recorded[:12]}…, this model is "
+                                 f"{actual[:12]}…; rebuild it with build_user_store(model) or pass "
+                                 "check_fingerprint=False")
+
+
+def supports_retrieval(model: PreferenceModel) -> bool:
+    """Whether :func:`personalize` can use a store for ``model``: latent-user models adapted by the
+    shared Gauss-Newton MAP (low-rank, ideal point). Others adapt as they always do."""
+    return isinstance(model, LatentUserModel) and type(model).adapt is LatentUserModel.adapt
+
+
+def build_user_store(model: PreferenceModel, index: str = "auto") -> UserStore:
+    """A :class:`UserStore` of the model's training users (``model.user_states()``), inner product
+    metric, stamped with the model's fingerprint. Where the model knows them, each user's metadata
+    holds their number of training comparisons (``n_comparisons``) and the ids of those comparisons'
+    contexts (``contexts``), which :func:`personalize` uses to keep a new user among their own
+    context's users."""
+    model.check_is_fitted()
+    states = model.user_states().detach().float().cpu().numpy()
+    if states.shape[1] == 0:
+        raise ValueError(f"{model.name} has no user vectors to store")
+    store = UserStore(states.shape[1], metric="ip", index=index, expected_size=len(states),
+                      model_fingerprint=model_fingerprint(model))
+    facts = {"n_comparisons": model.user_counts_, "contexts": model.user_contexts_}
+    facts = {key: values for key, values in facts.items() if values is not None}
+    metadata = [dict(zip(facts, row)) for row in zip(*facts.values())] if facts else None
+    store.add(list(model.user_ids_), states, metadata)
+    return store
+
+
+def personalize(model: PreferenceModel, store: UserStore, support: dict | None, n_neighbors: int = 64,
+                shrinkage: float = 0.2, bandwidth: float = 0.5, exhaustive_below: int = 4096,
+                by_context: bool = True, return_neighbors: bool = False, check_fingerprint: bool = True):
+    """A :class:`UserState` for a new user from ``support`` under the stored users as a prior.
+
+    The prior is a kernel density over stored user vectors: a Gaussian of covariance
+    ``bandwidth**2 * C`` around each retrieved user (``C``: the model's population prior covariance),
+    plus the population prior itself with mass ``shrinkage``. The posterior under such a mixture is a
+    mixture: each component gets a Laplace posterior (Newton steps from its centre, batched over
+    components) and a weight from its Laplace evidence, and the result is the mixture's mean and
+    covariance. With few comparisons the evidence picks out the stored users that explain them (a
+    typed population is identified like the Bayes classifier would); with many, every component's
+    posterior moves to what the comparisons say and the result approaches plain ``adapt``.
+
+    Args:
+        model: a fitted latent-user model (others fall back to ``model.adapt``).
+        store: the model's user store (:func:`build_user_store`).
+        support: the new user's comparisons as a batch (``plural.core.batch.comparison_batch``).
+        n_neighbors: stored users retrieved (by inner product with the support's log-likelihood
+            gradient at the population) when the store holds more than ``exhaustive_below`` users;
+            smaller stores are used whole.
+        shrinkage: prior mass of the population component, in [0, 1].
+        bandwidth: kernel width around each stored user, relative to the population prior's scale.
+        exhaustive_below: stores up to this size are used whole instead of searched.
+        by_context: when the support's comparisons have a context (most of them, if several) and
+            the store records users' contexts (:func:`build_user_store`), the prior is made of the
+            stored users with comparisons in that context (if there are ``MIN_CONTEXT_USERS`` to
+            ``exhaustive_below`` of them), recentred on the population prior's mean: their spread,
+            not their mean, which is fitted to the items they judged. On Polis (conversations as
+            contexts; ``benchmarks/polis_store_prior.py``, 3 seeds) this beat plain ``adapt`` at every
+            k, where the whole store tied it.
+        return_neighbors: also return ``[(user_id, posterior weight), ...]`` of the stored users.
+        check_fingerprint: raise :class:`StoreMismatchError` when the store records the fingerprint
+            of another model (:func:`check_store_fingerprint`), whatever the model and the support;
+            False skips the check (it hashes the model's weights).
+
+    Returns:
+        The state (and the neighbours when asked).
+
+    Raises:
+        ValueError: a bad argument or support (:meth:`plural.core.model.PreferenceModel.check_support`,
+            which also cuts a support to ``plural.core.model.MAX_SUPPORT`` comparisons), or a store of
+            another model (:class:`StoreMismatchError`).
+    """
+    if not 0 <= shrinkage <= 1:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage!r}")
+    if n_neighbors < 1:
+        raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors!r}")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
+    support = model.check_support(support)
+    if check_fingerprint and store is not None:
+        check_store_fingerprint(model, store)
+    n = 0 if support is None else int(len(support["label"]))
+    if n == 0 or not supports_retrieval(model):
+        state = model.adapt(support)
+        return (state, []) if return_neighbors else state
+    if store.dim != model.user_dim:
+        raise ValueError(f"store holds {store.dim}-d vectors but {model.name} has {model.user_dim}-d users")
+    batch = {k: v.to(model.device) for k, v in support.items()}
+    label = batch["label"].double().cpu().numpy()
+    weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
+    with inference(model):
+        fn = model._support_margins(batch)
+        zero = torch.zeros(model.user_dim, dtype=torch.float64, device=model.device)
+        m0, jac = (t.double().cpu().numpy() for t in fn(zero))
+    group = _context_group(model, store, batch, exhaustive_below) if by_context else None
+    if group is not None:
+        ids = group
+    elif len(store) <= exhaustive_below:
+        ids = store.user_ids
+    else:
+        query = (jac.T @ (weight * (label - stable_sigmoid(m0))))[None].astype(np.float32)
+        ids = store.search(query, n_neighbors)[0][0]
+    if not ids:
+        state = model.adapt(support)
+        return (state, []) if return_neighbors else state
+    pop_mean, _, pop_precision = (t.double().cpu().numpy() for t in model._prior_and_precision())
+    stored = store.get(ids).astype(np.float64)
+    if group is not None:
+        stored += pop_mean - stored.mean(0)
+    centres = np.concatenate([pop_mean[None], stored])
+    log_mass = np.concatenate([[np.log(max(shrinkage, 1e-12))],
+                               np.full(len(ids), np.log(max(1 - shrinkage, 1e-12) / len(ids)))])
+    # component 0 is the population prior, the others share its precision over bandwidth**2
+    k = model.user_dim
+    precisions = np.concatenate([pop_precision[None],
+                                 np.broadcast_to(pop_precision / bandwidth ** 2, (len(ids), k, k))])
+    log_det_cov = -np.linalg.slogdet(pop_precision)[1] + np.concatenate(
+        [[0.0], np.full(len(ids), 2 * k * np.log(bandwidth))])
+    # margins are linear in u for low_rank; otherwise this linearises them at the population
+    mean, cov, post = _mixture_posterior(m0, jac, label, weight, centres, precisions, log_det_cov, log_mass,
+                                         model.config.adapt_steps)
+    state = UserState(vector=torch.from_numpy(mean).float(), covariance=torch.from_numpy(cov).float(),
+                      n_comparisons=n)
+    if return_neighbors:
+        return state, list(zip(ids, post[1:].tolist()))
+    return state
+
+
+def _context_group(model: PreferenceModel, store: UserStore, support: dict, largest: int) -> list[str] | None:
+    """The stored users with comparisons in the support's context (the model's context of most of
+    its comparisons), when there are ``MIN_CONTEXT_USERS`` to ``largest`` of them; else None."""
+    if "context" not in support or not model.context_ids_:
+        return None
+    context = support["context"].cpu().numpy()
+    context = context[context >= 0]
+    if len(context) == 0:
+        return None
+    group = store.users_where("contexts", model.context_ids_[int(np.bincount(context).argmax())])
+    return group if MIN_CONTEXT_USERS <= len(group) <= largest else None
+
+
+def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
+                       precisions: np.ndarray, log_det_cov: np.ndarray, log_mass: np.ndarray, n_steps: int):
+    """Laplace posterior of a Bradley-Terry user vector under a Gaussian-mixture prior, batched
+    over the C components: margins ``m0 + jac @ u``; component c is ``N(centres[c], precisions[c]^-1)``
+    (``(C, K, K)``; ``log_det_cov[c]`` the log-determinant of its covariance) with prior mass
+    ``exp(log_mass[c])``. Returns ``(mean (K,), covariance (K, K), weights (C,))``."""
+    u = centres.copy()
+    for _ in range(max(n_steps, 1)):
+        m = m0 + u @ jac.T                                                 # (C, k)
+        s = stable_sigmoid(m)
+        grad = (w * (y - s)) @ jac - np.einsum("cab,cb->ca", precisions, u - centres)
+        hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        u = u + step
+        if np.abs(step).max() < 1e-6:
+            break
+    m = m0 + u @ jac.T
+    s = stable_sigmoid(m)
+    hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
+    loglik = (w * (y * -np.logaddexp(0, -m) + (1 - y) * -np.logaddexp(0, m))).sum(1)
+    d = u - centres
+    log_prior = -0.5 * np.einsum("ca,cab,cb->c", d, precisions, d) - 0.5 * log_det_cov
+    log_evidence = log_mass + loglik + log_prior - 0.5 * np.linalg.slogdet(hess)[1]
+    post = np.exp(log_evidence - log_evidence.max())
+    post /= post.sum()
+    mean = post @ u
+    spread = u - mean
+    cov = np.einsum("c,cab->ab", post, np.linalg.inv(hess)) + (spread * post[:, None]).T @ spread
+    return mean, 0.5 * (cov + cov.T), post
+
+
+def personalize_fn(store: UserStore, **options):
+    """``(model, support) -> UserState`` for :func:`plural.evaluation.fewshot.few_shot_curve`'s ``adapt_fn``."""
+
+    def fn(model: PreferenceModel, support: dict) -> UserState:
+        return personalize(model, store, support, **options)
+
+    return fn
+
+
+def neighbours_table(model: PreferenceModel, store: UserStore, support: dict, n: int = 5) -> list[tuple[str, float]]:
+    """The ``n`` stored users whose vectors best explain ``support``, with their weights."""
+    _, neighbours = personalize(model, store, support, return_neighbors=True)
+    return sorted(neighbours, key=lambda t: -t[1])[:n]
+
+
+__all__ = ["StoreMismatchError", "build_user_store", "check_store_fingerprint", "neighbours_table", "personalize",
+           "personalize_fn", "supports_retrieval"]
+

@@ -1,0 +1,369 @@
+"""Recommending from an item catalog: the top items for a user, fast and exact.
+
+:class:`ItemIndex` computes every item's representation once. For models whose reward is an inner
+product in disguise it answers ``top_n`` with a FAISS search, then re-scores what it retrieved with
+the model, so the scores returned are always the model's own:
+
+- low rank (``r = phi . (w0 + B u) + b``): items ``[phi, b]``, query ``[w0 + B u, 1]``;
+- ideal point with squared distance (``r = -||phi - p(u)||^2 + b``): since
+  ``-||phi - p||^2 + b = 2 phi . p - ||phi||^2 + b - ||p||^2`` and ``||p||^2`` does not depend on the
+  item, items ``[phi, b - ||phi||^2]`` and query ``[2 p(u), 1]`` rank exactly as the reward does.
+
+Every other model (Bradley-Terry, EM mixture, VPL, cosine ideal points, the baselines) is scored
+exactly through ``model.reward`` over the whole catalog. Which form a model has is read from its
+parts (``basis`` and ``population_weight``; ``ideal_point``) and checked once on random users at
+construction; a model that fails the check is scored exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Hashable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from plural.data.container import PreferenceData
+from plural.core.latent import LatentUserModel, inference
+from plural.core.model import PreferenceModel, UserState
+
+logger = logging.getLogger(__name__)
+
+AUTO_HNSW_THRESHOLD = 50_000
+"""Catalogs with at least this many items get an HNSW index under ``index="auto"``."""
+_INDEX_KINDS = ("auto", "flat", "hnsw", "exact")
+_CHUNK = 65_536  # items per forward pass when precomputing representations
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - faiss-cpu is a core dependency
+        raise ImportError("ItemIndex needs FAISS: pip install faiss-cpu") from err
+    return faiss
+
+
+def retrieval_form(model: PreferenceModel) -> str | None:
+    """``"linear"`` (low rank), ``"ideal_point"`` (squared distance) or None (score exactly)."""
+    if not isinstance(model, LatentUserModel):
+        return None
+    if hasattr(model, "basis") and hasattr(model, "population_weight"):
+        return "linear"
+    if callable(getattr(model, "ideal_point", None)) and getattr(model.config, "distance", None) == "squared":
+        return "ideal_point"
+    return None
+
+
+def _show(ids: list) -> str:
+    head = ", ".join(repr(i) for i in ids[:5])
+    return head + (f" (and {len(ids) - 5} more)" if len(ids) > 5 else "")
+
+
+class ItemIndex:
+    """Items of a catalog, ready to be scored, ranked and recommended for any user.
+
+    Args:
+        model: a fitted :class:`~plural.core.model.PreferenceModel`.
+        items: a ``PreferenceData`` (its item table, which must have features) or an
+            ``(n_items, d)`` float feature matrix.
+        item_ids: ids of the matrix's rows (ignored for ``PreferenceData``). Items the model knows
+            use their learned identity. Without ids, items are named by their row number and are
+            all treated as new to the model.
+        index: ``"flat"`` (exact inner-product search), ``"hnsw"`` (approximate, re-scored exactly),
+            ``"exact"`` (no FAISS: score the whole catalog), or ``"auto"``: HNSW from
+            ``AUTO_HNSW_THRESHOLD`` items, flat below; models without an inner-product form are
+            always scored exactly.
+        hnsw_m: HNSW graph degree.
+        ef_search: HNSW search breadth (raised to the number of items retrieved).
+        margin: extra items retrieved beyond ``n`` and the exclusions, to be re-scored exactly.
+
+    Attributes:
+        item_ids: the ``n_items`` ids, in catalog order.
+        form: ``"linear"``, ``"ideal_point"`` or None (exact scoring).
+        index_kind: ``"flat"``, ``"hnsw"`` or ``"exact"``.
+
+    Example:
+        >>> import plural
+        >>> index = ItemIndex(model, data)                                    # doctest: +SKIP
+        >>> index.top_n(state, n=5, exclude=judged)                           # doctest: +SKIP
+        [('i17', 3.2), ('i4', 2.9), ...]
+    """
+
+    def __init__(self, model: PreferenceModel, items: PreferenceData | Any, item_ids: Sequence | None = None,
+                 index: str = "auto", *, hnsw_m: int = 32, ef_search: int = 128, margin: int = 32) -> None:
+        if index not in _INDEX_KINDS:
+            raise ValueError(f"index must be one of {_INDEX_KINDS}, got {index!r}")
+        if hnsw_m < 2 or ef_search < 1 or margin < 0:
+            raise ValueError(f"need hnsw_m >= 2, ef_search >= 1, margin >= 0; got {hnsw_m!r}, "
+                             f"{ef_search!r}, {margin!r}")
+        model.check_is_fitted()
+        features, ids = self._resolve_items(items, item_ids)
+        if features.ndim != 2 or features.shape[1] != model.feature_dim_:
+            raise ValueError(f"items must have shape (n_items, {model.feature_dim_}), got {features.shape}")
+        if not np.isfinite(features).all():
+            raise ValueError("item features must be finite (found NaN or inf)")
+        self.model = model
+        self.item_ids: list = ids if ids is not None else list(range(len(features)))
+        self._row_of = {item: row for row, item in enumerate(self.item_ids)}
+        self._id_array = np.empty(len(self.item_ids), dtype=object)
+        self._id_array[:] = self.item_ids
+        if len(self._row_of) != len(self.item_ids):
+            seen: set = set()
+            dup = next(i for i in self.item_ids if i in seen or seen.add(i))
+            raise ValueError(f"item id {dup!r} appears twice")
+        self.hnsw_m, self.ef_search, self.margin = int(hnsw_m), int(ef_search), int(margin)
+        device = model.device
+        self._features = torch.from_numpy(features).to(device)
+        self._model_index = None if ids is None else model.item_index(ids).to(device)
+        self.user_dim = self._user_dim()
+        self.form = retrieval_form(model)
+        self._phi = self._bias = None
+        if self.form is not None:
+            self._phi, self._bias = self._representations()
+            if not self._form_holds():
+                logger.warning("%s looks %s-shaped but its scores do not match that form; scoring it "
+                               "exactly", type(model).__name__, self.form)
+                self.form = None
+        if self.form is None or index == "exact":
+            self.index_kind = "exact"
+            self._index = None
+        else:
+            self.index_kind = index if index != "auto" else (
+                "hnsw" if len(self) >= AUTO_HNSW_THRESHOLD else "flat")
+            self._index = self._build_index(self._item_vectors())
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _resolve_items(items, item_ids) -> tuple[np.ndarray, list | None]:
+        if isinstance(items, PreferenceData):
+            if items.item_features is None:
+                raise ValueError(f"{items.name}: items have no features; encode them first "
+                                 "(plural.encode_items)")
+            return np.ascontiguousarray(items.item_features, dtype=np.float32), [str(i) for i in items.item_ids]
+        features = np.ascontiguousarray(items, dtype=np.float32)
+        if item_ids is None:
+            return features, None
+        ids = [i.item() if isinstance(i, np.generic) else i for i in item_ids]
+        if len(ids) != len(features):
+            raise ValueError(f"got {len(ids)} item ids for {len(features)} feature rows")
+        return features, ids
+
+    def _user_dim(self) -> int | None:
+        if isinstance(self.model, LatentUserModel):
+            return self.model.user_dim
+        try:
+            return int(self.model.population_state().vector.numel())
+        except NotImplementedError:
+            return None
+
+    def _representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``phi (n, h)`` and ``bias (n,)`` of every item, on the model's device."""
+        phis, biases = [], []
+        with inference(self.model):
+            for start in range(0, len(self), _CHUNK):
+                idx = None if self._model_index is None else self._model_index[start:start + _CHUNK]
+                phi, bias = self.model.items(self._features[start:start + _CHUNK], idx)
+                phis.append(phi)
+                biases.append(bias)
+        return torch.cat(phis), torch.cat(biases)
+
+    def _query(self, u: torch.Tensor) -> np.ndarray:
+        """The ``(1, h + 1)`` float32 FAISS query of a user with vector ``u (K,)``."""
+        with inference(self.model):
+            u = u.to(self._phi.device, self._phi.dtype)
+            if self.form == "linear":
+                direction = self.model.population_weight + self.model.basis @ u
+            else:
+                direction = 2 * self.model.ideal_point(u)
+            q = torch.cat([direction, direction.new_ones(1)])
+        return np.ascontiguousarray(q.float().cpu().numpy().reshape(1, -1))
+
+    def _item_vectors(self) -> np.ndarray:
+        """``(n, h + 1)`` float32 vectors whose inner product with :meth:`_query` ranks as the reward."""
+        with torch.no_grad():
+            last = self._bias if self.form == "linear" else self._bias - self._phi.pow(2).sum(-1)
+            x = torch.cat([self._phi, last.unsqueeze(-1)], dim=1)
+        return np.ascontiguousarray(x.float().cpu().numpy())
+
+    def _form_holds(self) -> bool:
+        """Do inner products with :meth:`_query` equal the reward up to a per-user constant?"""
+        rows = torch.arange(min(len(self), 256), device=self._phi.device)
+        vectors = torch.from_numpy(self._item_vectors()[rows.cpu().numpy()]).double()
+        gen = torch.Generator().manual_seed(0)
+        for u in [torch.zeros(self.user_dim)] + [torch.randn(self.user_dim, generator=gen) for _ in range(3)]:
+            exact = self._exact(rows, UserState(vector=u)).double().cpu()
+            via = vectors @ torch.from_numpy(self._query(u)[0]).double()
+            gap = via - exact
+            scale = 1e-3 * (1.0 + exact.abs().max())
+            if float(gap.max() - gap.min()) > scale:
+                return False
+        return True
+
+    def _build_index(self, vectors: np.ndarray):
+        faiss = _faiss()
+        dim = vectors.shape[1]
+        if self.index_kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = max(80, 2 * self.hnsw_m)
+        else:
+            index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index
+
+    # ------------------------------------------------------------------ checks
+    def _state(self, user: UserState | str | Any | None) -> UserState | None:
+        """A checked :class:`UserState` (None for the population reward)."""
+        if user is None:
+            return None
+        if isinstance(user, str):
+            row = int(self.model.user_index([user])[0])
+            if row < 0:
+                raise ValueError(f"unknown user id {user!r}: not seen in training; adapt a state for them instead")
+            return UserState(vector=self.model.user_states()[row].detach().cpu(), user_id=user)
+        if not isinstance(user, UserState):
+            if isinstance(user, (np.ndarray, torch.Tensor, list, tuple)):
+                user = UserState(vector=torch.as_tensor(np.asarray(user, dtype=np.float32)))
+            else:
+                raise TypeError(f"user must be a UserState, a seen user id, a vector or None, got "
+                                f"{type(user).__name__}")
+        vector = user.vector if isinstance(user.vector, torch.Tensor) else torch.as_tensor(user.vector)
+        if self.user_dim is not None and tuple(vector.shape) != (self.user_dim,):
+            raise ValueError(f"{type(self.model).__name__} user states are ({self.user_dim},) vectors, "
+                             f"got shape {tuple(vector.shape)}")
+        if not torch.isfinite(vector).all():
+            raise ValueError("user state vector holds NaN or inf")
+        return user
+
+    def _rows(self, ids: Iterable[Hashable] | None, what: str) -> np.ndarray:
+        if ids is None:
+            return np.empty(0, dtype=np.int64)
+        ids = [ids] if isinstance(ids, (str, bytes)) else list(ids)
+        try:
+            return np.fromiter(map(self._row_of.__getitem__, ids), dtype=np.int64, count=len(ids))
+        except (KeyError, TypeError):
+            unknown = [i for i in ids if not self._known(i)]
+            raise ValueError(f"unknown item ids in {what}: {_show(unknown)}") from None
+
+    def _known(self, item_id: Any) -> bool:
+        try:
+            return item_id in self._row_of
+        except TypeError:  # unhashable
+            return False
+
+    # ------------------------------------------------------------------ exact scoring
+    def _exact(self, rows: torch.Tensor | None, state: UserState | None) -> torch.Tensor:
+        """Model scores of the items at ``rows`` (all items for None), as ``model.reward`` gives them."""
+        model = self.model
+        with inference(model):
+            if self._phi is not None:  # latent model: reuse the precomputed representations
+                phi = self._phi if rows is None else self._phi[rows]
+                bias = self._bias if rows is None else self._bias[rows]
+                vec = (torch.zeros(self.user_dim, device=phi.device, dtype=phi.dtype) if state is None
+                       else state.vector.to(phi.device, phi.dtype))
+                return model.score(phi, bias, vec.expand(len(phi), -1))
+            x = self._features if rows is None else self._features[rows]
+            idx = self._model_index
+            if idx is not None and rows is not None:
+                idx = idx[rows]
+            return model.reward(x, state, idx)
+
+    def _ranked(self, rows: np.ndarray, scores: np.ndarray, n: int | None = None) -> list[tuple[Any, float]]:
+        order = np.argsort(-scores, kind="stable")
+        if n is not None:
+            order = order[:n]
+        return list(zip(self._id_array[rows[order]].tolist(), scores[order].tolist()))
+
+    def _scores_at(self, rows: np.ndarray, state: UserState | None) -> np.ndarray:
+        index = torch.from_numpy(rows).to(self._features.device)
+        return self._exact(index, state).float().cpu().numpy()
+
+    # ------------------------------------------------------------------ public API
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def __repr__(self) -> str:
+        return (f"ItemIndex(model={type(self.model).__name__}, n_items={len(self)}, "
+                f"form={self.form!r}, index={self.index_kind!r})")
+
+    def score(self, user: UserState | str | None = None) -> np.ndarray:
+        """Exact scores ``(n_items,)`` of every item for ``user`` (a :class:`UserState`, a seen user's
+        id, or None for the population reward), in catalog order."""
+        state = self._state(user)
+        return self._exact(None, state).float().cpu().numpy()
+
+    def rank(self, user: UserState | str | None, candidate_ids: Iterable[Hashable]) -> list[tuple[Any, float]]:
+        """``candidate_ids`` sorted best first by their exact score, as ``(item_id, score)`` pairs.
+
+        Raises:
+            ValueError: a candidate is not in the catalog.
+        """
+        state = self._state(user)
+        rows = self._rows(candidate_ids, "candidate_ids")
+        if len(rows) == 0:
+            return []
+        seen = np.zeros(len(self), dtype=bool)
+        seen[rows] = True
+        if np.count_nonzero(seen) != len(rows):  # a repeated candidate is ranked once
+            rows = np.flatnonzero(seen)
+        return self._ranked(rows, self._scores_at(rows, state))
+
+    def top_n(self, user: UserState | str | None = None, n: int = 10, exclude: Iterable[Hashable] | None = None,
+              candidates: Iterable[Hashable] | None = None) -> list[tuple[Any, float]]:
+        """The ``n`` best items for ``user``, best first, as ``(item_id, score)`` pairs.
+
+        Args:
+            user: a :class:`UserState`, a seen user's id, or None for the population reward.
+            n: how many items; fewer come back only when fewer than ``n`` items are eligible.
+            exclude: item ids never to return (e.g. the items the user already judged).
+            candidates: if given, recommend only among these item ids.
+
+        Returns:
+            up to ``n`` pairs; scores are the model's exact rewards, whatever index retrieved them.
+
+        Raises:
+            ValueError: ``n < 1``, an unknown item id in ``exclude`` or ``candidates``, or a bad state.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        n = int(n)
+        state = self._state(user)
+        excluded = self._rows(exclude, "exclude")
+        if candidates is not None:
+            rows = np.setdiff1d(self._rows(candidates, "candidates"), excluded)
+            return self._ranked(rows, self._scores_at(rows, state), n) if len(rows) else []
+        n_eligible = len(self) - len(np.unique(excluded))
+        if n_eligible <= 0:
+            return []
+        if self._index is None or n + len(excluded) + self.margin >= len(self):
+            return self._top_exact(state, n, excluded)
+        return self._top_retrieved(state, n, excluded, min(n, n_eligible))
+
+    def _top_exact(self, state: UserState | None, n: int, excluded: np.ndarray) -> list[tuple[Any, float]]:
+        scores = self._exact(None, state).float().cpu().numpy()
+        eligible = np.ones(len(self), dtype=bool)
+        eligible[excluded] = False
+        rows = np.flatnonzero(eligible)
+        if n < len(rows):
+            rows = rows[np.argpartition(-scores[rows], n - 1)[:n]]
+        return self._ranked(rows, scores[rows])
+
+    def _top_retrieved(self, state: UserState | None, n: int, excluded: np.ndarray, wanted: int
+                       ) -> list[tuple[Any, float]]:
+        faiss = _faiss()
+        u = torch.zeros(self.user_dim) if state is None else state.vector
+        query = self._query(u)
+        k = n + len(excluded) + max(self.margin, n)
+        excluded_set = set(excluded.tolist())
+        while True:
+            k = min(k, len(self))
+            if self.index_kind == "hnsw":
+                params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+                _, found = self._index.search(query, k, params=params)
+            else:
+                _, found = self._index.search(query, k)
+            rows = np.asarray([r for r in found[0].tolist() if r >= 0 and r not in excluded_set], np.int64)
+            if len(rows) >= wanted:
+                return self._ranked(rows, self._scores_at(rows, state), n)
+            if k >= len(self):  # the approximate index could not reach enough items
+                return self._top_exact(state, n, excluded)
+            k *= 2

@@ -1,0 +1,1 @@
+"""Training and persistence: plural.fit, checkpoints, atomic saved directories, runs."""

@@ -1,0 +1,143 @@
+"""A run: train a model on a split of a dataset, save it with its split, evaluate it later.
+
+A run directory holds the saved model (``plural.training.checkpoint``), ``run.json`` (dataset, seeds, split
+sizes, training report) and ``split.npz`` (the comparison rows of every part, loaded with
+``allow_pickle=False``), so ``evaluate_run`` scores exactly the comparisons held out at training time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from plural.training.checkpoint import CheckpointError, check_save_target, load_model, save_model
+from plural.data.container import PreferenceData
+from plural.data.splits import split_comparisons, split_users
+from plural.evaluation.metrics import evaluate
+from plural.core.model import make_model
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+SPLIT_FILE = "split.npz"
+
+
+def default_split_mode(data: PreferenceData) -> str:
+    """``"comparisons"`` for natively pairwise data with few judgments per user, else ``"items"``."""
+    return data.meta.get("split_mode", "items")
+
+
+def load_dataset(name_or_path: str, **options) -> PreferenceData:
+    """A bundled dataset by name, or a user's file (any format ``plural.data`` reads)."""
+    from plural.data.bundled import DATASETS, load
+
+    if name_or_path in DATASETS:
+        return load(name_or_path, **options)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(f"{name_or_path!r} is neither a bundled dataset ({', '.join(DATASETS)}) nor a file")
+    from plural.data.converters import from_file
+
+    return from_file(path, **options)
+
+
+def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_state: int = 0,
+              unseen_fraction: float = 0.2, split_mode: str | None = None, max_epochs: int = 30,
+              batch_size: int = 256, show_progress: bool = True, encoder=None,
+              model_options: dict | None = None, overwrite: bool = False, **fit_options) -> dict:
+    """Load ``dataset``, split users and comparisons, fit ``model_name`` on the seen users' training
+    comparisons, and save model, split and report to ``out`` (one checkpoint directory, written
+    atomically; ``out`` must be new, empty or an earlier run unless ``overwrite``). Returns the run
+    record."""
+    check_save_target(out, overwrite)  # refuse a directory of someone else's files before training
+    data = load_dataset(dataset)
+    mode = split_mode or default_split_mode(data)
+    seen, unseen = split_users(data, unseen_fraction, random_state)
+    split = split_comparisons(data, seen, mode=mode, random_state=random_state)
+    model = make_model(model_name, **(model_options or {}))
+    model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=max_epochs,
+              batch_size=batch_size, random_state=random_state, show_progress=show_progress,
+              encoder=encoder, **fit_options)
+    out = Path(out)
+    record = {
+        "dataset": dataset, "model": model_name, "random_state": random_state,
+        "unseen_fraction": unseen_fraction, "split_mode": mode,
+        "n_seen_users": int(len(seen)), "n_unseen_users": int(len(unseen)),
+        "n_train": int(len(split.train)), "n_val": int(len(split.val)), "n_test": int(len(split.test)),
+        "n_dropped_by_split": split.n_dropped, "data": repr(data), "data_meta": _jsonable(data.meta),
+        "fit_report": model.fit_report_,
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, train=split.train, val=split.val, test=split.test, seen_users=seen, unseen_users=unseen)
+    save_model(model, out, extra={"dataset": dataset}, overwrite=overwrite,
+               extra_files={SPLIT_FILE: buffer.getvalue(), RUN_FILE: json.dumps(record, indent=2).encode()})
+    return record
+
+
+def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
+    """Score a saved run on its held-out comparisons: seen users' test comparisons, and every
+    comparison of the unseen users with no adaptation (the population reward, k=0)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a plural run (no {RUN_FILE}); train one with `plural train`")
+    model = load_model(run_dir)  # checks every file of the run, run.json and split.npz included
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text())
+        dataset = record["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{run_dir / RUN_FILE} is corrupt: {type(err).__name__}: {err}") from None
+    if record.get("model") != model.name:
+        raise CheckpointError(f"{run_dir / RUN_FILE} names model {record.get('model')!r}, but the checkpoint "
+                              f"holds {model.name!r}")
+    from plural.data.encoders import ensure_features
+
+    data = ensure_features(load_dataset(dataset), encoder)
+    with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
+        test, unseen = split["test"], split["unseen_users"]
+    if len(test) and test.max() >= len(data):
+        raise ValueError(f"{run_dir}: the saved split does not fit the dataset {record['dataset']!r} as loaded now")
+    results = {"seen_test": evaluate(model, data, test)}
+    unseen_rows = np.flatnonzero(np.isin(data.user, unseen))
+    if len(unseen_rows):
+        results["unseen_k0"] = evaluate(model, data, unseen_rows)
+    return {"run": record, "results": results}
+
+
+def personalization_run(dataset: str, model_name: str, *, ks: tuple[int, ...] = (0, 10),
+                        random_state: int = 0, max_epochs: int = 10, batch_size: int = 512,
+                        max_unseen_users: int | None = 200, show_progress: bool = True,
+                        model_options: dict | None = None, **fit_options) -> dict:
+    """Fit ``model_name`` on the seen users of ``dataset`` and measure, for unseen users, query
+    accuracy after k of their comparisons (item-disjoint support and query, ``PROTOCOL.md``)."""
+    from plural.data.splits import make_episodes
+    from plural.data.encoders import ensure_features
+    from plural.evaluation.fewshot import few_shot_curve
+
+    data = ensure_features(load_dataset(dataset))
+    mode = default_split_mode(data)
+    seen, unseen = split_users(data, 0.2, random_state)
+    split = split_comparisons(data, seen, mode=mode, random_state=random_state)
+    model = make_model(model_name, **(model_options or {}))
+    model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=max_epochs, batch_size=batch_size,
+              random_state=random_state, show_progress=show_progress, **fit_options)
+    if max_unseen_users is not None and len(unseen) > max_unseen_users:
+        unseen = np.sort(np.random.default_rng(random_state).choice(unseen, max_unseen_users, replace=False))
+    episodes = make_episodes(data, unseen, mode=mode, n_draws=1, random_state=random_state)
+    curve = few_shot_curve(model, data, episodes, ks)
+    out = {"dataset": dataset, "model": model, "data": data, "split_mode": mode, "curve": curve,
+           "episodes": episodes, "seen_test": evaluate(model, data, split.test), "fit_report": model.fit_report_}
+    from plural.query.personalize import build_user_store, personalize_fn, supports_retrieval
+
+    if supports_retrieval(model):
+        out["store"] = build_user_store(model)
+        out["curve_store"] = few_shot_curve(model, data, episodes, ks, adapt_fn=personalize_fn(out["store"]))
+    return out
+
+
+def _jsonable(meta: dict) -> dict:
+    return json.loads(json.dumps(meta, default=lambda o: o.item() if hasattr(o, "item") else str(o)))

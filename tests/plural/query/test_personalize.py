@@ -1,0 +1,188 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from plural.query import personalize as adapt
+from plural.query.personalize import build_user_store, neighbours_table, personalize, personalize_fn
+from plural.core.batch import comparison_batch
+from plural.training.checkpoint import load_model, save_model
+from plural.data.splits import split_comparisons, split_users
+from plural.evaluation.fewshot import curve_value, few_shot_curve
+from plural.core.model import make_model
+from plural.query.store import UserStore
+
+
+@pytest.fixture(scope="module")
+def setup(two_types):
+    return two_types
+
+
+def test_store_holds_the_training_users(setup):
+    _, data, model, _ = setup
+    store = build_user_store(model)
+    assert len(store) == len(model.user_ids_)
+    np.testing.assert_allclose(store.get(model.user_ids_[:3]), model.user_states()[:3].numpy(), rtol=1e-6)
+    # each stored user's metadata counts their training comparisons (the fixture's split, redone)
+    seen, _ = split_users(data, 0.25, random_state=0)
+    train = split_comparisons(data, seen, mode="comparisons", random_state=0).train
+    counts = np.bincount(data.user[train], minlength=data.n_users)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    stored = [store.metadata(u)["n_comparisons"] for u in model.user_ids_]
+    assert stored == [int(counts[index[u]]) for u in model.user_ids_] and min(stored) > 0
+
+
+def test_retrieval_prior_helps_at_small_k_and_matches_at_large_k(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    plain = few_shot_curve(model, data, episodes, ks=(0, 1, 2, 20))
+    retrieved = few_shot_curve(model, data, episodes, ks=(0, 1, 2, 20), adapt_fn=personalize_fn(store))
+    gain_small = np.mean([curve_value(retrieved, k) - curve_value(plain, k) for k in (1, 2)])
+    assert gain_small > 0.0, (plain["curve"], retrieved["curve"])
+    assert abs(curve_value(retrieved, 20) - curve_value(plain, 20)) < 0.03
+    assert curve_value(retrieved, 0) == pytest.approx(curve_value(plain, 0))
+
+
+def test_neighbours_share_the_new_users_type(setup):
+    syn, data, model, episodes = setup
+    store = build_user_store(model)
+    type_of = {data.user_ids[u]: t for u, t in enumerate(syn.user_type)}
+    agree = []
+    for ep in episodes[:20]:
+        support = comparison_batch(data, ep.support(10), model)
+        top = neighbours_table(model, store, support, n=5)
+        agree += [type_of[uid] == syn.user_type[ep.user] for uid, _ in top]
+    assert np.mean(agree) > 0.7
+
+
+def test_bad_arguments_and_fallbacks(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    with pytest.raises(ValueError, match="shrinkage"):
+        personalize(model, store, None, shrinkage=2)
+    with pytest.raises(ValueError, match="bandwidth"):
+        personalize(model, store, None, bandwidth=0)
+    state = personalize(model, store, None)
+    assert torch.allclose(state.vector, model.population_state().vector)
+    bt = make_model("bradley_terry", hidden_dim=8).fit(data, max_epochs=1, show_progress=False)
+    with pytest.raises(ValueError, match="no user vectors"):
+        build_user_store(bt)
+    # the store is the low-rank model's: checked against bt's fingerprint it is refused
+    support = comparison_batch(data, episodes[0].support(3), bt)
+    with pytest.raises(ValueError, match="store was built for model fingerprint"):
+        personalize(bt, store, support)
+    assert personalize(bt, store, support, check_fingerprint=False).vector.numel() == 0
+
+
+def test_ideal_point_goes_through_the_store_too(setup):
+    _, data, _, episodes = setup
+    model = make_model("ideal_point", hidden_dim=16, n_components=2, item_dim=4).fit(
+        data, max_epochs=3, show_progress=False)
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    state, neighbours = personalize(model, store, support, n_neighbors=8, exhaustive_below=0,
+                                    return_neighbors=True)
+    assert state.vector.shape == (2,) and state.covariance.shape == (2, 2)
+    assert len(neighbours) == 8 and 0 < sum(w for _, w in neighbours) <= 1 + 1e-9
+    assert torch.isfinite(state.vector).all() and torch.linalg.eigvalsh(state.covariance).min() > 0
+
+
+def test_all_prior_mass_on_the_population_is_plain_adapt(setup):
+    # one mixture component, the population prior: the batched mixture posterior must then be the
+    # Newton/Laplace posterior of model.adapt (same mode, same covariance)
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    for ep in episodes[:5]:
+        support = comparison_batch(data, ep.support(8), model)
+        mixed = personalize(model, store, support, shrinkage=1.0)
+        plain = model.adapt(support)
+        torch.testing.assert_close(mixed.vector, plain.vector, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mixed.covariance, plain.covariance, atol=1e-4, rtol=1e-4)
+
+
+def test_searched_and_exhaustive_stores_agree_when_the_search_returns_everyone(setup):
+    _, data, model, episodes = setup
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    whole = personalize(model, store, support)
+    searched = personalize(model, store, support, exhaustive_below=0, n_neighbors=len(store))
+    torch.testing.assert_close(whole.vector, searched.vector, atol=1e-5, rtol=1e-5)
+
+
+def test_a_repeated_comparison_counts_once_when_tempered(setup):
+    _, data, model, episodes = setup
+    one = comparison_batch(data, episodes[0].support(1), model)
+    repeated = {key: value.repeat(5) if value.ndim == 1 else value.repeat(5, 1) for key, value in one.items()}
+    single = model.adapt(one)
+    tempered = model.adapt(repeated)
+    torch.testing.assert_close(tempered.vector, single.vector, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(tempered.covariance, single.covariance, rtol=1e-4, atol=1e-5)
+    # through the store too: the same five copies give the single comparison's posterior
+    store = build_user_store(model)
+    torch.testing.assert_close(personalize(model, store, repeated).vector, personalize(model, store, one).vector,
+                               rtol=1e-4, atol=1e-5)
+    model.config.temper_support = False
+    try:
+        untempered = model.adapt(repeated)
+    finally:
+        model.config.temper_support = True
+    # counted five times, the same evidence claims a tighter posterior
+    assert torch.trace(untempered.covariance) < torch.trace(single.covariance) - 1e-4
+
+
+@pytest.fixture(scope="module")
+def in_two_contexts(setup):
+    """The two types' data with each user's comparisons in context "even" or "odd" (by user
+    index), and a low-rank model trained on it."""
+    _, data, _, episodes = setup
+    data = dataclasses.replace(data, context=(data.user % 2).astype(np.int64), context_ids=np.array(["even", "odd"]))
+    model = make_model("low_rank", hidden_dim=32, n_components=2, item_dim=8).fit(
+        data, train_rows=np.flatnonzero(~np.isin(data.user, [ep.user for ep in episodes])), max_epochs=5,
+        batch_size=128, show_progress=False)
+    return data, model, episodes
+
+
+def test_the_store_records_each_users_contexts(in_two_contexts):
+    data, model, _ = in_two_contexts
+    store = build_user_store(model)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    for u in model.user_ids_:
+        assert store.metadata(u)["contexts"] == [["even", "odd"][index[u] % 2]]
+    even = store.users_where("contexts", "even")
+    assert 0 < len(even) < len(store) and all(index[u] % 2 == 0 for u in even)
+
+
+def test_personalize_keeps_a_new_user_among_their_contexts_users(in_two_contexts):
+    data, model, episodes = in_two_contexts
+    store = build_user_store(model)
+    index = {u: i for i, u in enumerate(data.user_ids)}
+    for ep in episodes[:4]:
+        support = comparison_batch(data, ep.support(5), model)
+        own, neighbours = personalize(model, store, support, return_neighbors=True)
+        assert len(neighbours) == len(store.users_where("contexts", ["even", "odd"][ep.user % 2]))
+        assert {index[u] % 2 for u, _ in neighbours} == {ep.user % 2}
+        whole, everyone = personalize(model, store, support, by_context=False, return_neighbors=True)
+        assert len(everyone) == len(store) and not torch.allclose(own.vector, whole.vector)
+
+
+
+def test_without_enough_users_of_the_context_the_store_is_used_whole(in_two_contexts, monkeypatch):
+    data, model, episodes = in_two_contexts
+    store = build_user_store(model)
+    support = comparison_batch(data, episodes[0].support(5), model)
+    whole = personalize(model, store, support, by_context=False).vector
+    monkeypatch.setattr(adapt, "MIN_CONTEXT_USERS", len(store))  # more than either context has
+    torch.testing.assert_close(personalize(model, store, support).vector, whole)
+    monkeypatch.undo()
+    bare = UserStore(store.dim, metric="ip")  # the same users, with no contexts recorded
+    bare.add(store.user_ids, store.get(store.user_ids))
+    torch.testing.assert_close(personalize(model, bare, support).vector, whole)
+
+
+def test_user_contexts_survive_a_checkpoint_and_are_checked(in_two_contexts, tmp_path):
+    _, model, _ = in_two_contexts
+    save_model(model, tmp_path / "m")
+    assert load_model(tmp_path / "m").user_contexts_ == model.user_contexts_
+    with pytest.raises(ValueError, match="unknown"):
+        make_model("low_rank").build(4, ["a"], ["i"], ["even"], [3], [["odd"]])
