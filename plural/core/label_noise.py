@@ -1,7 +1,7 @@
 """Label noise and mixtures of Bradley-Terry heads, as pure functions.
 
-Labels flip at random with rate ``eps``: ``P(y = a | margin m) = (1 - eps) sigmoid(m) + eps sigmoid(-m)``.
-These functions give that likelihood, the mixture prediction over K heads, one EM round of user
+Labels flip at random with rate ``eps``: ``P(y = a | margin m) = (1 - eps) sigmoid(m) + eps sigmoid(-m)``
+(``plural.core.likelihood`` holds that likelihood). These functions give it per head, the mixture prediction over K heads, one EM round of user
 responsibilities / mixture weights / flip rate, and a margin-temperature fit; ``user_models.em_mixture``
 is built on them.
 """
@@ -12,6 +12,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from plural.core.likelihood import fold_label_noise, label_log_likelihood
+
 
 def noisy_label_log_likelihood(margin: torch.Tensor, label: torch.Tensor,
                                noise_rate: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,13 +31,9 @@ def noisy_label_log_likelihood(margin: torch.Tensor, label: torch.Tensor,
     """
     eps = torch.as_tensor(noise_rate, dtype=margin.dtype, device=margin.device)
     y = label.to(margin.dtype).unsqueeze(-1)
-    log_a, log_b = F.logsigmoid(margin), F.logsigmoid(-margin)
-    log_keep, log_flip = torch.log1p(-eps), torch.log(eps)
-    log_p_a = torch.logaddexp(log_keep + log_a, log_flip + log_b)
-    log_p_b = torch.logaddexp(log_keep + log_b, log_flip + log_a)
-    log_lik = y * log_p_a + (1 - y) * log_p_b
-    clean = y * log_a + (1 - y) * log_b
-    correct = torch.exp(log_keep + clean - log_lik).clamp(0, 1)
+    log_lik = label_log_likelihood(margin, y, eps)
+    clean = label_log_likelihood(margin, y)
+    correct = torch.exp(torch.log1p(-eps) + clean - log_lik).clamp(0, 1)
     correct = torch.where(y == 0.5, torch.ones_like(correct), correct)
     return log_lik, correct
 
@@ -53,9 +52,7 @@ def mixture_logit(margin: torch.Tensor, weights: torch.Tensor,
     log_q = torch.logsumexp(log_w + F.logsigmoid(-margin), dim=-1)
     eps = torch.as_tensor(noise_rate, dtype=margin.dtype, device=margin.device)
     if eps > 0:
-        log_keep, log_flip = torch.log1p(-eps), torch.log(eps)
-        log_p, log_q = (torch.logaddexp(log_keep + log_p, log_flip + log_q),
-                        torch.logaddexp(log_keep + log_q, log_flip + log_p))
+        log_p, log_q = fold_label_noise(log_p, log_q, eps)
     return log_p - log_q
 
 

@@ -5,7 +5,9 @@ A user vector ``u`` (K entries) enters the margins of the user's comparisons thr
 posterior mode is found by Gauss-Newton steps (exact Newton when the margin is linear in ``u``),
 and ``H^-1`` at the mode is the Laplace covariance.
 
-The iteration runs in float64 NumPy: the matrices are tiny (K=8, k=10), so the cost is per-call
+:func:`newton_map` is the one Newton loop (batched over several problems, as
+:func:`plural.personalize` needs for its mixture prior); :func:`gauss_newton_map` is its one-user
+form. The iteration runs in float64 NumPy: the matrices are tiny (K=8, k=10), so the cost is per-call
 overhead, which NumPy keeps at about a microsecond per operation against ten for torch. Margins
 linear in ``u`` (:class:`LinearMargins`) are evaluated inside the loop without calling back into
 torch at all, which is what keeps a K=8 user with 10 comparisons well under a millisecond.
@@ -13,10 +15,13 @@ torch at all, which is what keeps a K=8 user with 10 comparisons well under a mi
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
 import torch
+
+from plural.core.likelihood import label_log_likelihood, score_and_information
 
 
 class LinearMargins:
@@ -50,6 +55,86 @@ def stable_sigmoid(m: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * m))  # stable for large |m|
 
 
+class ConvergenceWarning(UserWarning):
+    """A Newton loop stopped at its step limit before its steps became negligible."""
+
+
+MAX_HALVINGS = 30
+"""Step halvings a Newton step may take before a problem is left where it is."""
+
+
+def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], label: np.ndarray,
+               weight: np.ndarray, prior_mean: np.ndarray, prior_precision: np.ndarray, init: np.ndarray,
+               n_steps: int, noise_rate: float = 0.0, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior modes of ``C`` user vectors under Bradley-Terry with Gaussian priors, by damped
+    (Gauss-)Newton steps batched over the ``C`` problems; the one Newton loop of plural.
+
+    A full step is taken where it raises the log-posterior (always, near the mode); elsewhere it is
+    halved until it does, so a start far from the mode cannot overshoot into saturated margins.
+
+    Args:
+        evaluate: ``u (C, K) -> (margins (C, k), jacobian (k, K) shared or (C, k, K))``.
+        label, weight: ``(k,)`` labels in {0, 0.5, 1} and comparison weights.
+        prior_mean: ``(C, K)`` prior means; prior_precision: ``(C, K, K)`` or ``(K, K)``.
+        init: ``(C, K)`` starting points.
+        n_steps: at most this many steps; a loop that reaches it with a step still above ``tol``
+            warns with :class:`ConvergenceWarning`.
+        noise_rate: label-flip probability of the likelihood.
+        tol: stop when every problem's step moves its ``u`` less than this (max-norm).
+
+    Returns:
+        ``(modes (C, K), Hessians of the negative log-posterior at the modes (C, K, K))``; the
+        Hessian's inverse is the Laplace covariance.
+    """
+    u = np.array(init, dtype=np.float64)
+    prec = prior_precision if prior_precision.ndim == 3 else prior_precision[None]  # (1 or C, K, K)
+
+    def log_posterior(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+        d = (v - prior_mean)[..., None]
+        return (weight * label_log_likelihood(m, label, noise_rate)).sum(-1) - 0.5 * (d * (prec @ d)).sum((-2, -1))
+
+    def transposed(jac: np.ndarray) -> np.ndarray:
+        return jac.T[None] if jac.ndim == 2 else np.swapaxes(jac, -1, -2)  # (1 or C, K, k)
+
+    def hessian(m: np.ndarray, jac_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, info = score_and_information(stable_sigmoid(m), label, noise_rate)
+        return weight * score, prec + (jac_t * (weight * info)[:, None, :]) @ np.swapaxes(jac_t, -1, -2)
+
+    m, jac = evaluate(u)
+    f = log_posterior(m, u)
+    moved = None
+    for _ in range(n_steps):
+        jac_t = transposed(jac)
+        resid, hess = hessian(m, jac_t)
+        grad = (jac_t @ resid[..., None] - prec @ (u - prior_mean)[..., None])[..., 0]
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        scale = np.ones(len(u))
+        for _ in range(MAX_HALVINGS):
+            candidate = u + scale[:, None] * step
+            m_new, jac_new = evaluate(candidate)
+            f_new = log_posterior(m_new, candidate)
+            worse = ~(f_new >= f - 1e-12 * np.abs(f))
+            if not worse.any():
+                break
+            scale[worse] *= 0.5
+        else:  # no halving helps: those problems stay where they are
+            scale[worse] = 0.0
+            candidate = u + scale[:, None] * step
+            m_new, jac_new = evaluate(candidate)
+            f_new = log_posterior(m_new, candidate)
+        u, m, jac, f = candidate, m_new, jac_new, f_new
+        moved = np.abs(scale[:, None] * step).max()
+        if moved < tol:
+            break
+    else:
+        if moved is not None:
+            warnings.warn(f"Newton's method stopped after {n_steps} steps with a last step of {moved:.2g} "
+                          f"(tolerance {tol:g}); raise the number of steps (adapt_steps) for an exact mode",
+                          ConvergenceWarning, stacklevel=3)
+    hess = prec if n_steps == 0 else hessian(m, transposed(jac))[1]
+    return u, np.broadcast_to(hess, u.shape[:1] + hess.shape[-2:]).copy()
+
+
 def gauss_newton_map(
     margin_and_jacobian: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | LinearMargins,
     label: torch.Tensor,
@@ -61,7 +146,7 @@ def gauss_newton_map(
     noise_rate: float = 0.0,
     tol: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior mode and Laplace covariance of a user vector.
+    """Posterior mode and Laplace covariance of one user vector (:func:`newton_map` with ``C = 1``).
 
     Args:
         margin_and_jacobian: ``u (K,) -> (margins (k,), jacobian (k, K))``, or a
@@ -80,46 +165,25 @@ def gauss_newton_map(
     """
     device = prior_mean.device if isinstance(prior_mean, torch.Tensor) else torch.device("cpu")
     mu = _np64(prior_mean)
-    prec = _np64(prior_precision)
     y = _np64(label)
     w = np.ones_like(y) if weight is None else _np64(weight)
-    u = (mu if init is None else _np64(init)).copy()
+    start = mu if init is None else _np64(init)
 
     if isinstance(margin_and_jacobian, LinearMargins):
         offset, jac_const = margin_and_jacobian.numpy()
 
         def evaluate(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return offset + jac_const @ v, jac_const
+            return offset + v @ jac_const.T, jac_const
     else:
         def evaluate(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            m, jac = margin_and_jacobian(torch.from_numpy(v).to(device))
-            return _np64(m), _np64(jac)
+            m, jac = margin_and_jacobian(torch.from_numpy(v[0]).to(device))
+            return _np64(m)[None], _np64(jac)
 
-    for _ in range(n_steps):
-        m, jac = evaluate(u)
-        s = stable_sigmoid(m)
-        if noise_rate > 0:
-            p = noise_rate + (1 - 2 * noise_rate) * s
-            dp = (1 - 2 * noise_rate) * s * (1 - s)
-            resid = w * dp * (y / p - (1 - y) / (1 - p))          # d loglik / d margin
-            curv = w * dp ** 2 / (p * (1 - p))                     # Fisher information
-        else:
-            resid = w * (y - s)
-            curv = w * s * (1 - s)
-        grad = jac.T @ resid - prec @ (u - mu)
-        hessian = prec + (jac * curv[:, None]).T @ jac
-        step = np.linalg.solve(hessian, grad)
-        u = u + step
-        if np.abs(step).max() < tol:
-            break
-    hessian = prec
-    if n_steps > 0:  # curvature at the final point
-        m, jac = evaluate(u)
-        s = stable_sigmoid(m)
-        hessian = prec + (jac * (w * s * (1 - s))[:, None]).T @ jac
-    cov = np.linalg.inv(hessian)
+    u, hess = newton_map(evaluate, y, w, mu[None], _np64(prior_precision), start[None], n_steps,
+                         noise_rate=noise_rate, tol=tol)
+    cov = np.linalg.inv(hess[0])
     cov = 0.5 * (cov + cov.T)
-    return torch.from_numpy(u).to(device), torch.from_numpy(cov).to(device)
+    return torch.from_numpy(u[0]).to(device), torch.from_numpy(cov).to(device)
 
 
 def linear_margins(features: torch.Tensor, offset: torch.Tensor) -> LinearMargins:

@@ -3,12 +3,78 @@
 With reward margin ``m = r(a) - r(b)``, Bradley-Terry gives ``P(a preferred) = sigmoid(m)``. With a
 label-noise rate ``eps`` (the chance that a label was flipped at random), the probability of the
 observed label becomes ``eps + (1 - 2 eps) * sigmoid(m)``. Ties (label 0.5) are scored as a soft target.
+
+Training works on torch tensors and query-time Newton steps on float64 NumPy arrays (tiny
+matrices, where NumPy's per-call cost is lower); the functions here take either, so both paths use
+the same likelihood: :func:`label_log_likelihood` (its value), :func:`score_and_information` (its
+first derivative and Fisher information in the margin, for Newton and Laplace steps),
+:func:`fold_label_noise` (the noise in log space, shared with mixtures of heads) and
+:func:`prediction_agreement` (what accuracy counts).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def _log_sigmoid(m):
+    if isinstance(m, torch.Tensor):
+        return F.logsigmoid(m)
+    return -np.logaddexp(0.0, -m)
+
+
+def fold_label_noise(log_p, log_q, noise_rate):
+    """``(log P'(a), log P'(b))`` after labels flip with rate ``noise_rate``: ``P' = (1 - eps) P +
+    eps Q`` and the reverse, in log space. ``log_p``, ``log_q``: log-probabilities of a and of b
+    (tensors or arrays, any shape)."""
+    if isinstance(log_p, torch.Tensor):
+        eps = torch.as_tensor(noise_rate, dtype=log_p.dtype, device=log_p.device)
+        log_keep, log_flip, logaddexp = torch.log1p(-eps), torch.log(eps), torch.logaddexp
+    else:
+        log_keep, log_flip, logaddexp = np.log1p(-noise_rate), np.log(noise_rate), np.logaddexp
+    return logaddexp(log_keep + log_p, log_flip + log_q), logaddexp(log_keep + log_q, log_flip + log_p)
+
+
+def label_log_likelihood(margin, label, noise_rate: float | torch.Tensor = 0.0):
+    """``log P(label | margin)`` elementwise under Bradley-Terry with label noise (a tie's label 0.5
+    is a soft target). Tensors in, tensor out; arrays in, array out.
+
+    Args:
+        margin: reward differences ``r(a) - r(b)``, any shape.
+        label: targets in {0, 0.5, 1}, broadcastable to ``margin``.
+        noise_rate: label-flip probability in [0, 0.5).
+    """
+    log_a, log_b = _log_sigmoid(margin), _log_sigmoid(-margin)
+    noisy = isinstance(noise_rate, torch.Tensor) or noise_rate > 0
+    if noisy:
+        log_a, log_b = fold_label_noise(log_a, log_b, noise_rate)
+    return label * log_a + (1 - label) * log_b
+
+
+def score_and_information(sigmoid_margin, label, noise_rate: float = 0.0):
+    """``(d log P(label) / d margin, Fisher information in the margin)`` elementwise, given
+    ``sigmoid(margin)``, for Newton and Laplace steps (tensors or arrays).
+
+    Without noise these are ``label - s`` and ``s (1 - s)``; with flip rate ``eps``, ``p = eps +
+    (1 - 2 eps) s`` and ``dp = (1 - 2 eps) s (1 - s)`` give ``dp (y / p - (1 - y) / (1 - p))`` and
+    ``dp**2 / (p (1 - p))``.
+    """
+    s, y = sigmoid_margin, label
+    if noise_rate > 0:
+        p = noise_rate + (1 - 2 * noise_rate) * s
+        dp = (1 - 2 * noise_rate) * s * (1 - s)
+        return dp * (y / p - (1 - y) / (1 - p)), dp ** 2 / (p * (1 - p))
+    return y - s, s * (1 - s)
+
+
+def prediction_agreement(prob, label):
+    """1.0 where the predicted preference (``prob > 0.5``) agrees with the label, 0.0 where not,
+    0.5 for an undecided prediction (``prob == 0.5``), elementwise over NumPy arrays; pass decisive
+    labels (0 or 1) only."""
+    prob, label = np.asarray(prob), np.asarray(label)
+    return np.where(prob == 0.5, 0.5, ((prob > 0.5) == (label == 1)).astype(np.float64))
 
 
 def preference_probability(margin: torch.Tensor, noise_rate: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -40,9 +106,8 @@ def bradley_terry_nll(
     """
     label = label.to(margin.dtype)
     if isinstance(noise_rate, torch.Tensor) or noise_rate > 0:
-        p = preference_probability(margin, noise_rate).clamp(1e-7, 1 - 1e-7)
-        loss = -(label * torch.log(p) + (1 - label) * torch.log1p(-p))
-    else:  # numerically exact path through the logits
+        loss = -label_log_likelihood(margin, label, noise_rate)
+    else:  # the same likelihood, through torch's fused kernel
         loss = F.binary_cross_entropy_with_logits(margin, label, reduction="none")
     if weight is not None:
         loss = loss * weight

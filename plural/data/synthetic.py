@@ -20,6 +20,7 @@ import dataclasses
 
 import numpy as np
 
+from plural.core.likelihood import prediction_agreement
 from plural.data.container import PreferenceData
 
 __all__ = ["SyntheticData", "few_shot_oracle", "type_oracle", "make_length_preference", "make_low_rank", "make_mixture", "make_noisy",
@@ -105,8 +106,7 @@ def _agreement(margin: np.ndarray, label: np.ndarray) -> float:
     if not decisive.any():
         raise ValueError("no decisive comparisons (labels 0 or 1) at the given rows")
     margin, label = margin[decisive], label[decisive]
-    correct = np.where(margin == 0, 0.5, (margin > 0) == (label == 1))
-    return float(correct.mean())
+    return float(prediction_agreement(0.5 + 0.5 * np.sign(margin), label).mean())
 
 
 # ---------------------------------------------------------------------- shared steps

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from plural.core.batch import ComparisonDataset, batch_to
+from plural.core.likelihood import prediction_agreement
 from plural.data.container import PreferenceData
 from plural.core.model import PreferenceModel
 
@@ -29,8 +30,7 @@ def pairwise_accuracy(prob: np.ndarray, label: np.ndarray) -> float:
     p, y = _decisive(prob, label)
     if len(p) == 0:
         return float("nan")
-    correct = np.where(p == 0.5, 0.5, ((p > 0.5) == (y == 1)).astype(np.float64))
-    return float(correct.mean())
+    return float(prediction_agreement(p, y).mean())
 
 
 def log_loss(prob: np.ndarray, label: np.ndarray) -> float:
@@ -67,7 +67,7 @@ def per_user_accuracy(prob: np.ndarray, label: np.ndarray, user: np.ndarray,
     prob, label, user = prob[keep], label[keep], user[keep]
     order = np.argsort(user, kind="stable")
     users, starts, counts = np.unique(user[order], return_index=True, return_counts=True)
-    correct = np.where(prob == 0.5, 0.5, ((prob > 0.5) == (label == 1)).astype(np.float64))[order]
+    correct = prediction_agreement(prob, label)[order]
     sums = np.add.reduceat(correct, starts) if len(starts) else np.zeros(0)
     return {int(u): float(s / c) for u, s, c in zip(users, sums, counts) if c >= min_comparisons}
 

@@ -38,3 +38,47 @@ def test_noise_rate_tempers_the_update():
     noisy, _ = gauss_newton_map(linear_margins(x, torch.zeros(6)), y, torch.zeros(1), torch.eye(1), n_steps=30,
                                 noise_rate=0.3)
     assert 0 < noisy.item() < clean.item()
+
+
+def test_noisy_laplace_covariance_uses_the_noisy_curvature():
+    # the Laplace covariance is the inverse of prior precision plus the noisy likelihood's Fisher
+    # information at the mode (it used the clean curvature at the final point)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 3))
+    y = (rng.random(30) < 0.6).astype(float)
+    eps = 0.2
+    mean, cov = gauss_newton_map(linear_margins(torch.from_numpy(x), torch.zeros(30)), torch.from_numpy(y),
+                                 torch.zeros(3), torch.eye(3), n_steps=60, noise_rate=eps)
+    s = 1 / (1 + np.exp(-x @ mean.numpy()))
+    p = eps + (1 - 2 * eps) * s
+    info = ((1 - 2 * eps) * s * (1 - s)) ** 2 / (p * (1 - p))
+    np.testing.assert_allclose(cov.numpy(), np.linalg.inv(np.eye(3) + x.T @ (x * info[:, None])), atol=1e-8)
+
+
+def test_a_newton_loop_that_runs_out_of_steps_warns_and_one_that_converges_does_not():
+    import warnings
+
+    from plural.core.laplace import ConvergenceWarning
+
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.standard_normal((40, 4)))
+    y = torch.from_numpy((rng.random(40) < 0.5).astype(float))
+    with pytest.warns(ConvergenceWarning, match="stopped after 1 steps"):
+        gauss_newton_map(linear_margins(x, torch.zeros(40)), y, torch.zeros(4), torch.eye(4) * 0.01, n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        gauss_newton_map(linear_margins(x, torch.zeros(40)), y, torch.zeros(4), torch.eye(4), n_steps=30)
+
+
+def test_a_start_far_from_the_mode_still_reaches_it():
+    # saturated margins at the start make a full Newton step overshoot; damped steps still arrive
+    from plural.core.laplace import newton_map
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((25, 2))
+    y = (x @ np.array([1.0, -1.0]) > 0).astype(float)
+    prec = np.eye(2) * 0.5
+    evaluate = lambda v: (v @ x.T, x)  # noqa: E731
+    good, _ = newton_map(evaluate, y, np.ones(25), np.zeros((1, 2)), prec, np.zeros((1, 2)), 50)
+    far, _ = newton_map(evaluate, y, np.ones(25), np.zeros((1, 2)), prec, np.array([[40.0, 40.0]]), 50)
+    np.testing.assert_allclose(far, good, atol=1e-6)

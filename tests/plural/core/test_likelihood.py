@@ -76,3 +76,26 @@ def test_independent_share_special_cases():
     assert independent_share([], []) == 1.0
     with pytest.raises(ValueError, match="same length"):
         independent_share([0, 1], [2])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_one_likelihood_for_tensors_and_arrays_with_its_derivatives(eps):
+    from plural.core.likelihood import label_log_likelihood, score_and_information
+
+    margin = torch.linspace(-6, 6, 25, dtype=torch.float64, requires_grad=True)
+    for y in (0.0, 0.5, 1.0):
+        label = torch.full_like(margin, y)
+        value = label_log_likelihood(margin, label, eps)
+        np.testing.assert_allclose(label_log_likelihood(margin.detach().numpy(), label.numpy(), eps),
+                                   value.detach().numpy(), rtol=1e-12)
+        if eps:  # training's loss is the same likelihood
+            torch.testing.assert_close(bradley_terry_nll(margin, label, noise_rate=eps, reduction="none"), -value)
+        (grad,) = torch.autograd.grad(value.sum(), margin)
+        score, info = score_and_information(torch.sigmoid(margin.detach()), label, eps)
+        torch.testing.assert_close(score, grad)
+    # Fisher information: the expected squared score over the two decisive labels
+    s = torch.sigmoid(margin.detach())
+    p = eps + (1 - 2 * eps) * s
+    s1, info = score_and_information(s, torch.ones_like(s), eps)
+    s0, _ = score_and_information(s, torch.zeros_like(s), eps)
+    torch.testing.assert_close(info, p * s1 ** 2 + (1 - p) * s0 ** 2)
