@@ -47,7 +47,8 @@ import numpy as np
 
 from plural.training import saved_dir
 from plural.query.store_files import (COUNTERS, FILES, FORMAT_VERSION, INDEX_KINDS, KNOWN_NAMES, MANIFEST, METRICS,
-                                StoreError, encode_ids, import_faiss, is_store, read_manifest, read_v1, read_v2)
+                                StoreError, encode_ids, import_faiss, is_store, read_covariances, read_manifest, read_v1,
+                                       read_v2)
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class UserStore:
         self._n_comparisons = np.zeros(0, dtype=np.int64)
         self._updated_at = np.zeros(0, dtype=np.float64)
         self._extra: dict[str, dict[str, Any]] = {}  # metadata beyond the counters, only where given
+        self._covariances: dict[str, np.ndarray] = {}  # (dim, dim) float32, only where given
         self._where: dict[tuple, list[str]] = {}  # users_where answers, until the next write
         self._n_tombstones = 0
         # CPU flat only: the int id of each index row (ascending); elsewhere the row is the int id.
@@ -207,6 +209,26 @@ class UserStore:
         if bad.size:
             raise ValueError(f"vectors must be finite: row {int(bad[0])} holds NaN or inf")
         return x
+
+    def _check_covariances(self, covariances: Any, ids: list[str]) -> np.ndarray | None:
+        """``(n, dim, dim)`` float32 copies of symmetric PSD covariances, or None; raises before any change."""
+        if covariances is None:
+            return None
+        c = np.array(covariances, dtype=np.float32)
+        if c.ndim == 2:
+            c = c[None]
+        if c.shape != (len(ids), self.dim, self.dim):
+            raise ValueError(f"covariances must have shape ({len(ids)}, {self.dim}, {self.dim}), "
+                             f"got {tuple(np.shape(covariances))}")
+        if not np.isfinite(c).all():
+            raise ValueError("covariances must be finite")
+        scale = np.abs(c).max(axis=(1, 2)) + 1e-12
+        asym = np.abs(c - np.swapaxes(c, 1, 2)).max(axis=(1, 2)) > 1e-4 * scale
+        low = np.linalg.eigvalsh(0.5 * (c + np.swapaxes(c, 1, 2)).astype(np.float64)).min(axis=1) < -1e-5 * scale
+        bad = np.flatnonzero(asym | low)
+        if bad.size:
+            raise ValueError(f"the covariance of user {ids[int(bad[0])]!r} is not symmetric positive semi-definite")
+        return np.ascontiguousarray(0.5 * (c + np.swapaxes(c, 1, 2)))
 
     def _check_ids(self, user_ids: str | Iterable[str], *, known: bool | None) -> list[str]:
         ids = _as_id_list(user_ids)
@@ -278,7 +300,8 @@ class UserStore:
             self._n_tombstones += len(int_ids)
         self._users[int_ids] = None
 
-    def _write(self, ids: list[str], x: np.ndarray, metadata: Sequence[dict] | None) -> None:
+    def _write(self, ids: list[str], x: np.ndarray, metadata: Sequence[dict] | None,
+               covariances: np.ndarray | None = None) -> None:
         """Write validated ``ids`` and vectors ``x``: all or nothing. Everything that can be refused is
         checked before the store changes; the FAISS add is the first change, and what follows it
         cannot fail."""
@@ -305,6 +328,10 @@ class UserStore:
             extra = {} if metadata is None else {k: v for k, v in metadata[j].items() if k not in COUNTERS}
             if extra:
                 self._extra.setdefault(u, {}).update(extra)
+            if covariances is None:
+                self._covariances.pop(u, None)
+            else:
+                self._covariances[u] = covariances[j]
         self._n_comparisons[start:start + n] = counts
         self._updated_at[start:start + n] = now
         if self._gpu_vectors is not None:
@@ -337,7 +364,8 @@ class UserStore:
             self._row_ids = np.arange(len(live), dtype=np.int64)
 
     # ------------------------------------------------------------------ public API
-    def add(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None) -> None:
+    def add(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None,
+            covariances: Any = None) -> None:
         """Add new users.
 
         Args:
@@ -345,29 +373,35 @@ class UserStore:
             vectors: ``(n, dim)`` array-like.
             metadata: optionally ``n`` JSON-serialisable dicts kept with the users (``n_comparisons``,
                 if given, must be an int; ``updated_at`` is set by the store).
+            covariances: optionally ``(n, dim, dim)`` symmetric positive semi-definite matrices, the
+                uncertainty of each vector (a ``UserState``'s covariance), kept with it.
 
         Raises:
-            ValueError: an id is already stored, or the vectors have the wrong shape or are not finite.
+            ValueError: an id is already stored, or the vectors or covariances have the wrong shape,
+                are not finite, or the covariances are not symmetric positive semi-definite.
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=False)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata)
+            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
 
-    def update(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None) -> None:
-        """Replace the vectors ``(n, dim)`` of stored users (metadata dicts are merged in).
+    def update(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None,
+               covariances: Any = None) -> None:
+        """Replace the vectors ``(n, dim)`` of stored users (metadata dicts are merged in). A vector
+        written without a covariance drops the user's old covariance, which described the old vector.
 
         Raises:
             KeyError: an id is not stored.
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=True)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata)
+            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
 
-    def upsert(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None) -> None:
-        """Add the new users and update the stored ones; ``vectors`` is ``(n, dim)``."""
+    def upsert(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None,
+               covariances: Any = None) -> None:
+        """Add the new users and update the stored ones; ``vectors`` is ``(n, dim)`` (as :meth:`update`)."""
         with self._lock:
             ids = self._check_ids(user_ids, known=None)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata)
+            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
 
     def remove(self, user_ids: str | Sequence[str]) -> None:
         """Remove stored users (their metadata goes too).
@@ -380,6 +414,7 @@ class UserStore:
             self._drop(np.fromiter((self._int_of.pop(u) for u in ids), dtype=np.int64, count=len(ids)))
             for u in ids:
                 self._extra.pop(u, None)
+                self._covariances.pop(u, None)
             self.updated_at = time.time()
             self._maybe_rebuild()
 
@@ -393,6 +428,17 @@ class UserStore:
             ids = self._check_ids(user_ids, known=True)
             int_ids = np.fromiter(map(self._int_of.__getitem__, ids), dtype=np.int64, count=len(ids))
             return self._vectors_of(int_ids)
+
+    def get_covariance(self, user_ids: str | Sequence[str]) -> list[np.ndarray | None]:
+        """The stored covariances ``(dim, dim)`` float32 of ``n`` users (copies), None for a user
+        stored without one.
+
+        Raises:
+            KeyError: naming the first unknown id.
+        """
+        with self._lock:
+            ids = self._check_ids(user_ids, known=True)
+            return [None if u not in self._covariances else self._covariances[u].copy() for u in ids]
 
     def search(self, vectors: Any, k: int) -> tuple[list[list[str]], np.ndarray]:
         """The ``k`` stored users nearest to each query.
@@ -523,6 +569,8 @@ class UserStore:
                 problems.append(f"{ntotal} index rows for {n} users and {self._n_tombstones} tombstones")
             if not set(self._extra) <= set(self._int_of):
                 problems.append("metadata of a user who is not stored")
+            if not set(self._covariances) <= set(self._int_of):
+                problems.append("a covariance of a user who is not stored")
             if problems:
                 raise StoreError(f"the store is inconsistent ({'; '.join(problems)}); refusing to save it")
 
@@ -535,7 +583,8 @@ class UserStore:
         ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy`` and
         ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy`` (one
         entry per live user), ``metadata.json`` (the extra metadata of the users who have some) and
-        ``checksums.json``. An index holding tombstones (HNSW, GPU) is rebuilt first, so a removed
+        ``covariance_rows.npy`` / ``covariances.npy`` (the users stored with a covariance, by
+        position, and their ``(dim, dim)`` matrices) and ``checksums.json``. An index holding tombstones (HNSW, GPU) is rebuilt first, so a removed
         user's vector is not written.
 
         Args:
@@ -569,6 +618,10 @@ class UserStore:
                     np.save(tmp / f"{name}.npy", array, allow_pickle=False)
                 (tmp / "metadata.json").write_text(json.dumps({u: self._extra[u] for u in names
                                                                if u in self._extra}))
+                with_cov = [j for j, u in enumerate(names) if u in self._covariances]
+                np.save(tmp / "covariance_rows.npy", np.asarray(with_cov, dtype=np.int64), allow_pickle=False)
+                np.save(tmp / "covariances.npy", np.stack([self._covariances[names[j]] for j in with_cov])
+                        if with_cov else np.zeros((0, self.dim, self.dim), np.float32), allow_pickle=False)
                 faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
@@ -578,7 +631,7 @@ class UserStore:
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
              expected_dim: int | None = None, *, model=None, use_gpu: bool | None = None) -> "UserStore":
-        """Load a store written by :meth:`save` (format version 2, or version 1 from earlier releases).
+        """Load a store written by :meth:`save` (format version 3, or 1 and 2 from earlier releases).
 
         Every file is checked against the sha256 recorded at save time (a save older than
         checksums loads with a logged warning), and the manifest against the index file.
@@ -614,6 +667,7 @@ class UserStore:
                 read = read_v1 if manifest["format_version"] == 1 else read_v2
                 index, rows, names, counts, updated, extra = read(path, manifest)
                 rows, counts, updated = (np.array(a) for a in (rows, counts, updated))  # off the files
+                covariances = read_covariances(path, manifest, names) if manifest["format_version"] >= 3 else {}
             except StoreError:
                 raise
             except Exception as err:  # numpy, json and FAISS each raise their own types on bad files
@@ -623,6 +677,7 @@ class UserStore:
                     hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
                     hnsw_ef_construction=manifest.get("hnsw_ef_construction"), use_gpu=use_gpu)
         store._adopt(index, rows, names, counts, updated, extra)
+        store._covariances = covariances
         if len(store._int_of) != len(names):
             raise StoreError(f"{path} is corrupt: a user id appears twice")
         store.created_at, store.updated_at = manifest["created_at"], manifest["updated_at"]

@@ -12,9 +12,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2
-"""The format :meth:`plural.query.store.UserStore.save` writes."""
-LOADABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""The format :meth:`plural.query.store.UserStore.save` writes (3: version 2 plus covariances)."""
+LOADABLE_VERSIONS = (1, 2, 3)
 METRICS = ("l2", "ip")
 INDEX_KINDS = ("auto", "flat", "hnsw")
 MANIFEST_KEYS = ("format_version", "dim", "metric", "index", "model_fingerprint", "count",
@@ -26,6 +26,7 @@ FILES = {  # the files of a save, by format version
     2: ("manifest.json", "index.faiss", "rows.npy", "user_id_offsets.npy", "user_id_bytes.npy",
         "n_comparisons.npy", "updated_at.npy", "metadata.json"),
 }
+FILES[3] = FILES[2] + ("covariance_rows.npy", "covariances.npy")
 KNOWN_NAMES = frozenset(name for names in FILES.values() for name in names)
 
 
@@ -108,6 +109,19 @@ def read_v2(path: Path, manifest: dict):
         raise StoreError(f"{path} is inconsistent: rows or user id offsets out of order or range")
     names = decode_ids(offsets, blob)
     return index, rows, names, arrays["n_comparisons"], arrays["updated_at"], extra
+
+
+def read_covariances(path: Path, manifest: dict, names) -> dict:
+    """``{user id: (dim, dim) float32}`` of a version-3 save's users stored with a covariance."""
+    rows = np.load(path / "covariance_rows.npy", allow_pickle=False)
+    covs = np.load(path / "covariances.npy", allow_pickle=False)
+    n, dim = len(names), manifest["dim"]
+    if (rows.ndim != 1 or rows.dtype != np.int64 or covs.dtype != np.float32 or covs.shape != (len(rows), dim, dim)
+            or (len(rows) and (rows.min() < 0 or rows.max() >= n or not np.all(rows[1:] > rows[:-1])))
+            or not np.isfinite(covs).all()):
+        raise StoreError(f"{path} is inconsistent: covariances {covs.shape} {covs.dtype} for rows "
+                         f"{rows.shape} {rows.dtype} of {n} users x {dim}")
+    return {names[r]: covs[j].copy() for j, r in enumerate(rows.tolist())}
 
 
 def read_v1(path: Path, manifest: dict):

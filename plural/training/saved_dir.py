@@ -192,21 +192,25 @@ def record_checksums(path: Path) -> dict[str, str]:
     return digests
 
 
-def recognised(path: Path, is_kind: Callable[[Path], bool], known_names: Collection[str]) -> bool:
-    """Whether ``path`` is empty or a save that :func:`write` may replace: ``is_kind(path)`` holds and
-    every entry is one the save wrote (listed in its checksums, or one of ``known_names`` for a save
-    older than checksums)."""
+def foreign_entries(path: Path, is_kind: Callable[[Path], bool], known_names: Collection[str]) -> list[str]:
+    """The entries of the directory ``path`` that a save of this kind did not write (all of them
+    when ``path`` is not such a save; none for an empty directory), sorted."""
     entries = {entry.name for entry in path.iterdir()}
-    if not entries:
-        return True
-    if not is_kind(path):
-        return False
+    if not entries or not is_kind(path):
+        return sorted(entries)
     try:
         recorded = recorded_files(path, ValueError)
     except ValueError:
         recorded = None
     ours = (set(recorded) | {CHECKSUMS}) if recorded is not None else set(known_names)
-    return entries <= ours
+    return sorted(entries - ours)
+
+
+def recognised(path: Path, is_kind: Callable[[Path], bool], known_names: Collection[str]) -> bool:
+    """Whether ``path`` is empty or a save that :func:`write` may replace: ``is_kind(path)`` holds and
+    every entry is one the save wrote (listed in its checksums, or one of ``known_names`` for a save
+    older than checksums)."""
+    return not foreign_entries(path, is_kind, known_names)
 
 
 def resolve(path: Path, marker: str) -> Path:
@@ -227,8 +231,8 @@ def check_target(path: Path, *, what: str, is_kind: Callable[[Path], bool], know
         return
     if not path.is_dir() or path.is_symlink():
         raise FileExistsError(f"{path} exists and is not a directory; not replacing it with {what}")
-    if not overwrite and not recognised(path, is_kind, known_names):
-        others = sorted(entry.name for entry in path.iterdir())
+    others = [] if overwrite else foreign_entries(path, is_kind, known_names)
+    if others:
         shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
         raise FileExistsError(f"{path} holds files that are not {what} ({shown}); refusing to replace "
                               "them: choose another path, or pass overwrite=True to replace the directory")

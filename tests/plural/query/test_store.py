@@ -12,6 +12,7 @@ import pytest
 
 from plural.training.saved_dir import record_checksums
 from plural.query.store import StoreError, UserStore, model_fingerprint
+from plural.query.store_files import FORMAT_VERSION
 
 D = 16
 KINDS = ["flat", "hnsw"]
@@ -391,7 +392,7 @@ def test_loads_version_1_stores(tmp_path, kind):
     assert [row[0] for row in store.search(x, k=1)[0]] == ids
     assert all(len(row) == 10 for row in store.search(x[:5], k=10)[0])
     again = UserStore.load(store.save(tmp_path / "v2"))
-    assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
     _assert_same(store, again, x[:10])
     store.add(["new"], np.ones((1, D)))  # no id clash after the migration
     assert store.search(np.ones((1, D)), k=1)[0] == [["new"]]
@@ -583,3 +584,60 @@ def test_a_manifest_contradicting_its_index_file_is_refused(tmp_path, field, val
     record_checksums(path)  # past the checksums: the contradiction itself must be caught
     with pytest.raises(StoreError, match="index.faiss is a flat index with metric l2, but"):
         UserStore.load(path)
+
+
+# ---------------------------------------------------------------------- covariances
+def _covs(n, seed=0):
+    a = np.random.default_rng(seed).standard_normal((n, D, D)).astype(np.float32)
+    return a @ np.swapaxes(a, 1, 2) / D + 0.1 * np.eye(D, dtype=np.float32)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_covariances_are_kept_with_their_vectors_and_saved(tmp_path, kind):
+    ids, x = _data(30)
+    covs = _covs(30)
+    store = UserStore(D, index=kind)
+    store.add(ids[:20], x[:20], covariances=covs[:20])
+    store.add(ids[20:], x[20:])  # users without one
+    store.update(["u1"], x[1])  # a new vector without a covariance forgets the old one
+    store.upsert(["u2"], x[2], covariances=covs[29])
+    store.remove(["u3"])
+    got = store.get_covariance(["u0", "u1", "u2", "u25"])
+    np.testing.assert_allclose(got[0], covs[0], rtol=1e-6)
+    assert got[1] is None and got[3] is None
+    np.testing.assert_allclose(got[2], covs[29], rtol=1e-6)
+    got[0][0, 0] = 99.0  # a copy
+    assert store.get_covariance("u0")[0][0, 0] != 99.0
+    loaded = UserStore.load(store.save(tmp_path / "s"))
+    for u in loaded.user_ids:
+        a, b = store.get_covariance(u)[0], loaded.get_covariance(u)[0]
+        assert (a is None and b is None) or np.array_equal(a, b)
+    store.add(["u3"], x[3])
+    assert store.get_covariance("u3") == [None]  # a removed user's covariance went with them
+
+
+def test_bad_covariances_are_refused_and_change_nothing():
+    store, ids, x = _store("flat", n=5)
+    good = _covs(1)[0]
+    skew = good.copy()
+    skew[0, 1] += 1.0
+    negative = -np.eye(D, dtype=np.float32)
+    for bad, message in ((skew, "symmetric"), (negative, "positive semi-definite"),
+                         (np.full((D, D), np.nan), "finite"), (np.eye(D + 1), "shape")):
+        with pytest.raises(ValueError, match=message):
+            store.update(["u1"], np.zeros(D), covariances=bad)
+        np.testing.assert_array_equal(store.get(["u1"]), x[1:2])
+    assert store.get_covariance("u1") == [None]
+
+
+def test_a_version_2_save_without_covariances_still_loads(tmp_path):
+    store, ids, x = _store("flat", n=10)
+    path = store.save(tmp_path / "s")
+    for name in ("covariances.npy", "covariance_rows.npy"):
+        (path / name).unlink()
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    record_checksums(path)
+    loaded = UserStore.load(path)
+    _assert_same(store, loaded, x[:3])
+    assert loaded.get_covariance("u0") == [None]
