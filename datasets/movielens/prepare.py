@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Regenerate the bundled MovieLens (ml-latest-small) files from the raw csv files.
 
-    python datasets/movielens/prepare.py [RAW_DATA_DIR]
+    python datasets/movielens/prepare.py RAW_DATA_DIR
 
-RAW_DATA_DIR defaults to ``../shared/data`` relative to the repository root and must hold
+RAW_DATA_DIR (the folder the raw download was unpacked into, see README.md beside this file) must hold
 ``movielens_latest_small/{ratings,movies}.csv`` and ``README.txt`` (the 2018-09-26 release, via
 AjiLeight/movielens-recommendation-tries @ b1953418). Writes, next to this script:
 
@@ -43,7 +43,9 @@ def movie_text(title: str, genres: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    raw = Path(argv[1]) if len(argv) > 1 else HERE.parents[1] / ".." / "shared" / "data"
+    if len(argv) != 2:
+        raise SystemExit(f"usage: python {Path(argv[0]).as_posix()} RAW_DATA_DIR (see README.md beside this script)")
+    raw = Path(argv[1])
     src = raw.resolve() / "movielens_latest_small"
     ratings = pd.read_csv(src / "ratings.csv")
     movies = pd.read_csv(src / "movies.csv", keep_default_na=False)

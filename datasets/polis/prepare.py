@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Regenerate the bundled Polis files from the raw archive.
 
-    python datasets/polis/prepare.py [RAW_DATA_DIR]
+    python datasets/polis/prepare.py RAW_DATA_DIR
 
-RAW_DATA_DIR defaults to ``../shared/data`` relative to the repository root and must hold
+RAW_DATA_DIR (the folder the raw download was unpacked into, see README.md beside this file) must hold
 ``polis/polis_opendata_14conversations.tar.xz`` (compdemocracy/openData @ 0bc2ce0f).
-Keeps the 11 English conversations (drops ``vtaiwan.uberx``, Chinese, and ``austria-climate*``,
+Keeps the 12 English conversations (drops ``vtaiwan.uberx``, Chinese, and ``austria-climate*``,
 German) and writes, next to this script:
 
 - ``votes.csv.gz``: each voter's LAST vote per statement (by timestamp; equal timestamps keep the
@@ -54,7 +54,9 @@ def read_archive(archive: Path) -> dict[str, dict[str, bytes]]:
 
 
 def main(argv: list[str]) -> None:
-    raw = Path(argv[1]) if len(argv) > 1 else HERE.parents[1] / ".." / "shared" / "data"
+    if len(argv) != 2:
+        raise SystemExit(f"usage: python {Path(argv[0]).as_posix()} RAW_DATA_DIR (see README.md beside this script)")
+    raw = Path(argv[1])
     files = read_archive(raw.resolve() / "polis" / "polis_opendata_14conversations.tar.xz")
     votes, comments, convs = [], [], []
     for conv in sorted(files):

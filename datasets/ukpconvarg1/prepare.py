@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Regenerate the bundled UKPConvArg1 files from the raw archive.
 
-    python datasets/ukpconvarg1/prepare.py [RAW_DATA_DIR]
+    python datasets/ukpconvarg1/prepare.py RAW_DATA_DIR
 
-RAW_DATA_DIR defaults to ``../shared/data`` relative to the repository root and must hold
+RAW_DATA_DIR (the folder the raw download was unpacked into, see README.md beside this file) must hold
 ``ukpconvarg1/UKPConvArg1-full-XML.tar.xz`` (UKPLab/acl2016-convincing-arguments @ ca9d24e4).
 Writes, next to this script:
 
@@ -74,7 +74,9 @@ def parse(archive: Path):
 
 
 def main(argv: list[str]) -> None:
-    raw = Path(argv[1]) if len(argv) > 1 else HERE.parents[1] / ".." / "shared" / "data"
+    if len(argv) != 2:
+        raise SystemExit(f"usage: python {Path(argv[0]).as_posix()} RAW_DATA_DIR (see README.md beside this script)")
+    raw = Path(argv[1])
     judg, args, tops = parse(raw.resolve() / "ukpconvarg1" / "UKPConvArg1-full-XML.tar.xz")
     write_csv_gz(judg, HERE / "judgments.csv.gz")
     write_csv_gz(args, HERE / "arguments.csv.gz")

@@ -240,7 +240,7 @@ class TextEncoder:
         n_cache_hits_: distinct texts served from the cache so far (cumulative).
 
     Example:
-        >>> enc = TextEncoder(cache_dir="/tmp/plural-cache")
+        >>> enc = TextEncoder(cache_dir=".plural_cache")
         >>> enc.encode(["a calm reply", "a rude reply"]).shape  # doctest: +SKIP
         (2, 384)
     """
