@@ -33,8 +33,6 @@ Design (memory first: a million 32-d users take the FAISS index plus about 150 b
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -45,32 +43,16 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from plural.training import saved_dir
-from plural.query.store_files import (COUNTERS, FILES, FORMAT_VERSION, INDEX_KINDS, KNOWN_NAMES, MANIFEST, METRICS,
-                                StoreError, encode_ids, import_faiss, is_store, read_covariances, read_manifest, read_v1,
-                                       read_v2)
+from plural.core.fingerprint import model_fingerprint  # noqa: F401  (re-exported: plural.query.store.model_fingerprint)
+from plural.query.store_checks import as_id_list, check_covariances, check_vectors, checked_metadata
+from plural.query.store_files import COUNTERS, INDEX_KINDS, METRICS, StoreError, import_faiss
+from plural.query.store_persistence import StorePersistence
 
 logger = logging.getLogger(__name__)
 
 AUTO_HNSW_THRESHOLD = 50_000
 REBUILD_FRACTION = 0.2
 _CHUNK = 1 << 16  # rows read back from FAISS at a time when rebuilding
-_MAX_COUNT = np.iinfo(np.int64).max
-
-
-def _json_scalar(value: Any) -> Any:
-    """NumPy scalars in metadata as the Python numbers they hold."""
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
-
-
-def _as_id_list(user_ids: str | Iterable[str]) -> list[str]:
-    ids = [user_ids] if isinstance(user_ids, str) else list(user_ids)
-    for u in ids:
-        if not isinstance(u, str):
-            raise TypeError(f"user ids must be str, got {type(u).__name__}: {u!r}")
-    return ids
 
 
 def _with_capacity(a: np.ndarray, capacity: int, used: int) -> np.ndarray:
@@ -80,7 +62,7 @@ def _with_capacity(a: np.ndarray, capacity: int, used: int) -> np.ndarray:
     return out
 
 
-class UserStore:
+class UserStore(StorePersistence):
     """User vectors in a FAISS index, with string ids, metadata, tombstones and atomic saves.
 
     Args:
@@ -197,41 +179,8 @@ class UserStore:
         live.sort()
         return live
 
-    def _check_vectors(self, vectors: Any, n: int | None = None) -> np.ndarray:
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-        if x.ndim == 1:
-            x = x.reshape(1, -1)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"vectors must have shape (n, {self.dim}), got {tuple(np.shape(vectors))}")
-        if n is not None and x.shape[0] != n:
-            raise ValueError(f"got {n} user ids but {x.shape[0]} vectors")
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if bad.size:
-            raise ValueError(f"vectors must be finite: row {int(bad[0])} holds NaN or inf")
-        return x
-
-    def _check_covariances(self, covariances: Any, ids: list[str]) -> np.ndarray | None:
-        """``(n, dim, dim)`` float32 copies of symmetric PSD covariances, or None; raises before any change."""
-        if covariances is None:
-            return None
-        c = np.array(covariances, dtype=np.float32)
-        if c.ndim == 2:
-            c = c[None]
-        if c.shape != (len(ids), self.dim, self.dim):
-            raise ValueError(f"covariances must have shape ({len(ids)}, {self.dim}, {self.dim}), "
-                             f"got {tuple(np.shape(covariances))}")
-        if not np.isfinite(c).all():
-            raise ValueError("covariances must be finite")
-        scale = np.abs(c).max(axis=(1, 2)) + 1e-12
-        asym = np.abs(c - np.swapaxes(c, 1, 2)).max(axis=(1, 2)) > 1e-4 * scale
-        low = np.linalg.eigvalsh(0.5 * (c + np.swapaxes(c, 1, 2)).astype(np.float64)).min(axis=1) < -1e-5 * scale
-        bad = np.flatnonzero(asym | low)
-        if bad.size:
-            raise ValueError(f"the covariance of user {ids[int(bad[0])]!r} is not symmetric positive semi-definite")
-        return np.ascontiguousarray(0.5 * (c + np.swapaxes(c, 1, 2)))
-
     def _check_ids(self, user_ids: str | Iterable[str], *, known: bool | None) -> list[str]:
-        ids = _as_id_list(user_ids)
+        ids = as_id_list(user_ids)
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dup = next(u for u in ids if u in seen or seen.add(u))
@@ -246,30 +195,6 @@ class UserStore:
             if present:
                 raise ValueError(f"user id {present[0]!r} is already in the store (use update or upsert)")
         return ids
-
-    def _checked_metadata(self, ids: list[str], metadata: Sequence[dict] | None) -> list[dict] | None:
-        """``metadata`` validated and deep-copied (a JSON round trip), so no caller's dict is held by
-        reference; raises before the store changes."""
-        if metadata is None:
-            return None
-        if isinstance(metadata, dict) or len(metadata) != len(ids):
-            raise ValueError(f"got {len(ids)} user ids but {1 if isinstance(metadata, dict) else len(metadata)} "
-                             "metadata dicts (pass a list of dicts)")
-        for u, meta in zip(ids, metadata):
-            if meta is not None and not isinstance(meta, dict):
-                raise ValueError(f"metadata must be dicts (or None), got {type(meta).__name__} for user {u!r}")
-            if meta and any(not isinstance(key, str) for key in meta):
-                raise ValueError(f"metadata keys must be str for user {u!r}, got {list(meta)!r}")
-            count = (meta or {}).get("n_comparisons", 0)
-            if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-                raise ValueError(f"metadata n_comparisons must be an int, got {count!r} for user {u!r}")
-            if not 0 <= count <= _MAX_COUNT:
-                raise ValueError(f"metadata n_comparisons must be in 0..{_MAX_COUNT}, got {count!r} for user {u!r}")
-        try:
-            return json.loads(json.dumps([dict(meta or {}) for meta in metadata], allow_nan=False,
-                                         default=_json_scalar))
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"metadata must be JSON-serialisable dicts of finite values: {err}") from None
 
     def _reserve(self, n_ids: int) -> None:
         """Make the per-id arrays hold at least ``n_ids`` ids."""
@@ -305,7 +230,7 @@ class UserStore:
         """Write validated ``ids`` and vectors ``x``: all or nothing. Everything that can be refused is
         checked before the store changes; the FAISS add is the first change, and what follows it
         cannot fail."""
-        metadata = self._checked_metadata(ids, metadata)
+        metadata = checked_metadata(ids, metadata)
         now = time.time()
         n = len(ids)
         old = np.fromiter((self._int_of.get(u, -1) for u in ids), dtype=np.int64, count=n)
@@ -382,7 +307,7 @@ class UserStore:
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=False)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
+            self._write(ids, check_vectors(vectors, self.dim, len(ids)), metadata, check_covariances(covariances, ids, self.dim))
 
     def update(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None,
                covariances: Any = None) -> None:
@@ -394,14 +319,14 @@ class UserStore:
         """
         with self._lock:
             ids = self._check_ids(user_ids, known=True)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
+            self._write(ids, check_vectors(vectors, self.dim, len(ids)), metadata, check_covariances(covariances, ids, self.dim))
 
     def upsert(self, user_ids: str | Sequence[str], vectors: Any, metadata: Sequence[dict] | None = None,
                covariances: Any = None) -> None:
         """Add the new users and update the stored ones; ``vectors`` is ``(n, dim)`` (as :meth:`update`)."""
         with self._lock:
             ids = self._check_ids(user_ids, known=None)
-            self._write(ids, self._check_vectors(vectors, len(ids)), metadata, self._check_covariances(covariances, ids))
+            self._write(ids, check_vectors(vectors, self.dim, len(ids)), metadata, check_covariances(covariances, ids, self.dim))
 
     def remove(self, user_ids: str | Sequence[str]) -> None:
         """Remove stored users (their metadata goes too).
@@ -456,7 +381,7 @@ class UserStore:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k!r}")
         with self._lock:
-            x = self._check_vectors(vectors)
+            x = check_vectors(vectors, self.dim)
             k_out = min(k, len(self))
             pad = np.inf if self.metric == "l2" else -np.inf
             distances = np.full((x.shape[0], k_out), pad, dtype=np.float32)
@@ -545,203 +470,3 @@ class UserStore:
     def __repr__(self) -> str:
         return (f"UserStore(dim={self.dim}, metric={self.metric!r}, index={self.index_kind!r}, "
                 f"n_users={len(self)}, tombstones={self.n_tombstones})")
-
-    # ------------------------------------------------------------------ persistence
-    def check_consistency(self) -> None:
-        """Raise :class:`StoreError` if the store's id map, per-user arrays and index disagree
-        (:meth:`save` checks this before writing, so a damaged store never replaces a good save)."""
-        with self._lock:
-            live = self._live_ids()
-            n, ntotal = len(live), self._index.ntotal
-            problems = []
-            if n and (live[0] < 0 or live[-1] >= self._next_id):
-                problems.append("an id past the per-user arrays")
-            else:
-                names = self._users[live]
-                if any(u is None or self._int_of.get(u) != i for u, i in zip(names.tolist(), live.tolist())):
-                    problems.append("the id map and the user array disagree")
-                if n and (self._n_comparisons[live] < 0).any():
-                    problems.append("a negative n_comparisons")
-            if self._can_remove:
-                if ntotal != n or not np.array_equal(self._row_ids[:ntotal], live):
-                    problems.append(f"{ntotal} index rows for {n} users")
-            elif ntotal != n + self._n_tombstones or (n and live[-1] >= ntotal):
-                problems.append(f"{ntotal} index rows for {n} users and {self._n_tombstones} tombstones")
-            if not set(self._extra) <= set(self._int_of):
-                problems.append("metadata of a user who is not stored")
-            if not set(self._covariances) <= set(self._int_of):
-                problems.append("a covariance of a user who is not stored")
-            if problems:
-                raise StoreError(f"the store is inconsistent ({'; '.join(problems)}); refusing to save it")
-
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write the store to the directory ``path``, atomically and durably (``plural.training.saved_dir``:
-        a crash at any point leaves the previous save loadable, and every file's sha256 is recorded
-        in ``checksums.json`` and checked on load).
-
-        The directory holds ``manifest.json``, ``index.faiss`` (the bare FAISS index),
-        ``rows.npy`` (the index row of each live user, ascending), ``user_id_offsets.npy`` and
-        ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy`` (one
-        entry per live user), ``metadata.json`` (the extra metadata of the users who have some) and
-        ``covariance_rows.npy`` / ``covariances.npy`` (the users stored with a covariance, by
-        position, and their ``(dim, dim)`` matrices) and ``checksums.json``. An index holding tombstones (HNSW, GPU) is rebuilt first, so a removed
-        user's vector is not written.
-
-        Args:
-            path: the target directory: new, empty, or an earlier save of a store.
-            overwrite: also replace a directory holding other files (they are deleted).
-
-        Raises:
-            FileExistsError: ``path`` holds files that are not a store's, and ``overwrite`` is False.
-            StoreError: the store fails :meth:`check_consistency`, or another process holds the path.
-        """
-        faiss = import_faiss()
-        with self._lock:
-            self.check_consistency()
-            if self._n_tombstones:
-                self.rebuild()
-
-            def fill(tmp: Path) -> None:
-                live = self._live_ids()
-                names = self._users[live].tolist()
-                manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
-                            "index": self.index_kind, "model_fingerprint": self.model_fingerprint,
-                            "count": len(live), "n_rows": int(self._index.ntotal),
-                            "created_at": self.created_at, "updated_at": self.updated_at,
-                            "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
-                            "hnsw_ef_construction": self.hnsw_ef_construction}
-                offsets, blob = encode_ids(names)
-                arrays = {"rows": self._rows(live).astype(np.int64), "user_id_offsets": offsets,
-                          "user_id_bytes": blob, "n_comparisons": self._n_comparisons[live],
-                          "updated_at": self._updated_at[live]}
-                for name, array in arrays.items():
-                    np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-                (tmp / "metadata.json").write_text(json.dumps({u: self._extra[u] for u in names
-                                                               if u in self._extra}))
-                with_cov = [j for j, u in enumerate(names) if u in self._covariances]
-                np.save(tmp / "covariance_rows.npy", np.asarray(with_cov, dtype=np.int64), allow_pickle=False)
-                np.save(tmp / "covariances.npy", np.stack([self._covariances[names[j]] for j in with_cov])
-                        if with_cov else np.zeros((0, self.dim, self.dim), np.float32), allow_pickle=False)
-                faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-
-            return saved_dir.write(Path(path), fill, what="a UserStore", is_kind=is_store,
-                                   known_names=KNOWN_NAMES, overwrite=overwrite, error=StoreError)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
-             expected_dim: int | None = None, *, model=None, use_gpu: bool | None = None) -> "UserStore":
-        """Load a store written by :meth:`save` (format version 3, or 1 and 2 from earlier releases).
-
-        Every file is checked against the sha256 recorded at save time (a save older than
-        checksums loads with a logged warning), and the manifest against the index file.
-
-        Args:
-            path: the saved directory (if a crash mid-save left only its ``.old`` sibling, that is read).
-            expected_fingerprint: if given, the model fingerprint the store must have been saved with.
-            expected_dim: if given, the vector dimension the store must have.
-            model: a fitted model the store must belong to: sets ``expected_fingerprint`` to
-                :func:`model_fingerprint` of it and ``expected_dim`` to its user dimension.
-            use_gpu: as in the constructor.
-
-        Raises:
-            StoreError (a ValueError): missing, altered or corrupt files, or a fingerprint or dim
-                mismatch; the message names the file.
-        """
-        if model is not None:
-            expected_fingerprint = expected_fingerprint or model_fingerprint(model)
-            expected_dim = expected_dim or getattr(model, "user_dim", None)
-        with saved_dir.reading(Path(path), MANIFEST, StoreError) as path:
-            recorded = saved_dir.verify(path, StoreError)
-            manifest = read_manifest(path)
-            saved_dir.require(path, FILES[manifest["format_version"]], recorded, StoreError)
-            if recorded is None:
-                logger.warning("%s records no checksums (saved by an older release): its files are not verified",
-                               path)
-            if expected_fingerprint is not None and manifest["model_fingerprint"] != expected_fingerprint:
-                raise StoreError(f"{path} was saved for model fingerprint {manifest['model_fingerprint']!r}, "
-                                 f"expected {expected_fingerprint!r}: this store belongs to another model")
-            if expected_dim is not None and manifest["dim"] != expected_dim:
-                raise StoreError(f"{path} holds {manifest['dim']}-d vectors, expected {expected_dim}-d")
-            try:
-                read = read_v1 if manifest["format_version"] == 1 else read_v2
-                index, rows, names, counts, updated, extra = read(path, manifest)
-                rows, counts, updated = (np.array(a) for a in (rows, counts, updated))  # off the files
-                covariances = read_covariances(path, manifest, names) if manifest["format_version"] >= 3 else {}
-            except StoreError:
-                raise
-            except Exception as err:  # numpy, json and FAISS each raise their own types on bad files
-                raise StoreError(f"{path} is corrupt: {type(err).__name__}: {err}") from None
-        store = cls(manifest["dim"], metric=manifest["metric"], index=manifest["index"],
-                    model_fingerprint=manifest["model_fingerprint"], hnsw_m=manifest.get("hnsw_m", 32),
-                    hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
-                    hnsw_ef_construction=manifest.get("hnsw_ef_construction"), use_gpu=use_gpu)
-        store._adopt(index, rows, names, counts, updated, extra)
-        store._covariances = covariances
-        if len(store._int_of) != len(names):
-            raise StoreError(f"{path} is corrupt: a user id appears twice")
-        store.created_at, store.updated_at = manifest["created_at"], manifest["updated_at"]
-        return store
-
-    def _adopt(self, index, rows: np.ndarray, names: np.ndarray, counts: np.ndarray, updated: np.ndarray,
-               extra: dict[str, dict]) -> None:
-        """Take over a CPU ``index`` whose rows ``rows`` (ascending) hold the users ``names`` (object array)."""
-        n_rows, n = index.ntotal, len(names)
-        if self._can_remove and n < n_rows:  # a flat index saved from a GPU store: drop its tombstones
-            keep = np.zeros(n_rows, dtype=bool)
-            keep[rows] = True
-            index.remove_ids(np.flatnonzero(~keep))
-            n_rows = n
-        if n == n_rows:  # no tombstones: row j holds user j
-            # The dict first: the arrays then fill the heap its resizing freed.
-            self._int_of = dict(zip(names, range(n)))
-            self._users = names
-            self._n_comparisons = np.array(counts, dtype=np.int64)
-            self._updated_at = np.array(updated, dtype=np.float64)
-        else:
-            self._int_of = dict(zip(names, map(int, rows)))
-            self._users = np.empty(n_rows, dtype=object)
-            self._users[rows] = names
-            self._n_comparisons = np.zeros(n_rows, dtype=np.int64)
-            self._n_comparisons[rows] = counts
-            self._updated_at = np.zeros(n_rows, dtype=np.float64)
-            self._updated_at[rows] = updated
-        self._extra = extra
-        self._next_id = n_rows
-        self._n_tombstones = 0 if self._can_remove else n_rows - len(rows)
-        if self._row_ids is not None:
-            self._row_ids = np.arange(n_rows, dtype=np.int64)
-        if self.use_gpu:
-            self._gpu_vectors = index.reconstruct_n(0, n_rows) if n_rows else self._gpu_vectors
-            index = self._to_gpu(index)
-        self._index = index
-
-
-def model_fingerprint(model) -> str:
-    """A sha256 hex digest identifying a built ``plural.core.model.PreferenceModel`` and its weights.
-
-    Hashes the model's name, its config (``dataclasses.asdict``), ``feature_dim_`` and every
-    state-dict tensor's name, dtype, shape and bytes, so two differently trained models differ.
-    The digest is cached on the model until a weight is replaced or changed (any in-place update
-    bumps a tensor's version counter) or the config changes, so query-time checks stay cheap.
-    """
-    import torch
-
-    header = json.dumps({"name": model.name, "config": dataclasses.asdict(model.config),
-                         "feature_dim": model.feature_dim_}, sort_keys=True, default=repr)
-    state = sorted(model.state_dict(keep_vars=True).items())
-    versions = [t._version for _, t in state]
-    cached = getattr(model, "_plural_fingerprint", None)
-    # The cache holds the tensors themselves, so their memory cannot be reused by new weights.
-    if (cached is not None and cached[0] == header and len(cached[1]) == len(state)
-            and all(a is t and n == m for (n, t), (m, a) in zip(state, cached[1])) and cached[2] == versions):
-        return cached[3]
-    h = hashlib.sha256()
-    h.update(header.encode())
-    for name, tensor in state:
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(tensor.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    digest = h.hexdigest()
-    object.__setattr__(model, "_plural_fingerprint", (header, [(n, t) for n, t in state], versions, digest))
-    return digest
