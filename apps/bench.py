@@ -29,7 +29,7 @@ from plural.data.container import PreferenceData
 from plural.data.splits import DEFAULT_SHOTS, ComparisonSplit, make_episodes, split_comparisons, split_users
 from plural.evaluation.metrics import evaluate
 from plural.evaluation.fewshot import curve_value, few_shot_curve
-from plural.core.model import make_model
+from plural.core.model import available_models, make_model
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 class BenchConfig:
     """What one benchmark run covers."""
 
-    models: Sequence[str] = ("bradley_terry", "item_winrate", "per_user_logistic", "anchored_logistic",
-                             "low_rank", "ideal_point", "em_mixture", "vpl")
-    """Model names (``plural.available_models()``)."""
+    models: Sequence[str] = tuple(available_models(ordered=True))
+    """Model names; by default every installed model (``plural.available_models(ordered=True)``: the
+    zoo's ``listing_order``, baselines first)."""
     seeds: Sequence[int] = (0,)
     """One full run per seed."""
     ks: Sequence[int] = DEFAULT_SHOTS
@@ -184,10 +184,7 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
                 "seen_test": entry["seen_test"], "fit": entry["fit"],
                 "unseen_item_disjoint": few_shot_curve(model, data, episodes["items"], config.ks,
                                                        adapt_fn=personalize_fn(store))}
-        extra = {k: getattr(model, k) for k in ("noise_rate_",) if hasattr(model, k)}
-        if hasattr(model, "active_units"):
-            extra["active_units"] = int(model.active_units())
-        entry.update({k: float(v) for k, v in extra.items()})
+        entry.update({k: float(v) for k, v in model.diagnostics().items()})
         first = next(k for k in entry if k.startswith("unseen_"))
         logger.info("%s seed %d %s: seen test %.3f; unseen %s", data.name, seed, name,
                     entry["seen_test"]["accuracy"],

@@ -41,6 +41,7 @@ class AnchoredLogistic(PreferenceModel):
 
     name = "anchored_logistic"
     config_class = AnchoredLogisticConfig
+    listing_order = 40
 
     def _build(self, feature_dim: int) -> None:
         self.weight = nn.Parameter(torch.zeros(feature_dim))
@@ -100,3 +101,4 @@ class PerUserLogistic(AnchoredLogistic):
 
     name = "per_user_logistic"
     config_class = PerUserLogisticConfig
+    listing_order = 30

@@ -34,6 +34,7 @@ class BradleyTerry(PreferenceModel):
 
     name = "bradley_terry"
     config_class = BradleyTerryConfig
+    listing_order = 10
 
     def _build(self, feature_dim: int) -> None:
         cfg = self.config

@@ -124,6 +124,7 @@ class EMMixture(PreferenceModel):
     """
 
     name = "em_mixture"
+    listing_order = 70
     min_patience = 8
     """The heads separate only after a plateau (on the synthetic mixture one seed in three stopped
     at epoch 5 with no personal part under a patience of 3; with 8 its best epoch was 9)."""
@@ -183,6 +184,16 @@ class EMMixture(PreferenceModel):
         """The estimated probability that a training label was flipped."""
         self.check_is_fitted()
         return float(self.label_noise)
+
+    @property
+    def likelihood_noise_rate(self) -> float:
+        """0: the mixture's margins (``pair_margin``, ``state_margin``) already hold the learned flip
+        rate (``predict_with_noise``); ``config.noise_rate`` is not used by this model."""
+        return 0.0
+
+    def diagnostics(self) -> dict[str, float]:
+        """``{"noise_rate_": the estimated flip rate}`` (:attr:`noise_rate_`)."""
+        return {"noise_rate_": self.noise_rate_}
 
     @property
     def mixture_weights_(self) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plural.core.latent import LatentConfig, LatentUserModel
-from plural.core.model import register_model
+from plural.core.model import SQUARED_DISTANCE, RetrievalForm, register_model
 
 DISTANCES = ("squared", "cosine")
 VARIANTS = ("A", "B")
@@ -58,6 +58,7 @@ class IdealPoint(LatentUserModel):
     epoch 10 to 21 after stalling from epoch 1; with a patience of 3 one seed in three stopped with
     no personal part at all)."""
     config_class = IdealPointConfig
+    listing_order = 60
 
     def _build_head(self, feature_dim: int) -> None:
         h, k = self.config.item_dim, self.config.n_components
@@ -83,6 +84,14 @@ class IdealPoint(LatentUserModel):
             protos = protos + self.context_shift(idx).view(*idx.shape, *protos.shape)
             return (weights.unsqueeze(-2) @ protos).squeeze(-2)
         return weights @ protos
+
+    def retrieval_form(self) -> RetrievalForm | None:
+        """Squared distance (``distance="squared"``): items ``phi(x)``, bias ``b(x)``, query the ideal
+        point ``p(u)`` (a user state's reward has no context, so variant B's shifts do not enter);
+        None for cosine rewards."""
+        if self.config.distance != "squared":
+            return None
+        return self._retrieval_form(SQUARED_DISTANCE, self.ideal_point)
 
     def score(self, phi, bias, u, context=None):
         p = self.ideal_point(u, context)

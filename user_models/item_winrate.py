@@ -1,6 +1,7 @@
 """Item win-rate: a strong non-personalized baseline that knows only item identity.
 
-Each item's reward is the log-odds of its smoothed win rate over the training comparisons,
+Each item's reward is the log-odds of its smoothed win rate over the training comparisons (counted
+by the ``on_fit_start`` hook: the model has no trainable parameters),
 ``log((wins + a) / (losses + a))``; items never compared in training score 0. Ties count half a win
 and half a loss. On the bundled data this beats Bradley-Terry on frozen text features by 2 to 5
 points, which is why every latent-user model here has hybrid items.
@@ -9,11 +10,11 @@ points, which is why every latent-user model here has hybrid items.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 import torch
 
+from plural.core.batch import ComparisonDataset
 from plural.core.model import ModelConfig, PreferenceModel, UserState, register_model
 
 
@@ -36,31 +37,34 @@ class ItemWinRate(PreferenceModel):
 
     name = "item_winrate"
     config_class = ItemWinRateConfig
+    listing_order = 20
 
     def _build(self, feature_dim: int) -> None:
         self.register_buffer("wins", torch.zeros(len(self.item_ids_) + 1, dtype=torch.float64))
         self.register_buffer("losses", torch.zeros(len(self.item_ids_) + 1, dtype=torch.float64))
 
-    def fit(self, data, *, train_rows=None, encoder=None, **ignored) -> "ItemWinRate":
-        """Count wins and losses over ``train_rows`` (closed form: no gradient training)."""
-        from plural.data.encoders import ensure_features
-
-        start = time.perf_counter()
-        data = ensure_features(data, encoder)
-        rows = np.arange(len(data)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
-        if len(rows) == 0:
-            raise ValueError("no training comparisons")
-        self.build_for(data, rows)
-        y, w = data.label[rows].astype(np.float64), data.weight[rows].astype(np.float64)
+    def on_fit_start(self) -> None:
+        """Count wins and losses over the training comparisons (closed form: the model has no
+        trainable parameters, so fitting is this hook alone, whatever trainer runs it;
+        :func:`plural.training.fit.fit` runs no epochs for it)."""
+        train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
+        if not isinstance(train_set, ComparisonDataset):
+            raise RuntimeError(f"{type(self).__name__} counts the datamodule's train_set (a "
+                               "plural.core.batch.ComparisonDataset); fit it with plural.fit or a "
+                               "plural.training.fit.PreferenceDataModule")
+        t = train_set.tensors
+        y, w = t["label"].numpy().astype(np.float64), t["weight"].numpy().astype(np.float64)
+        item_a, item_b = t["item_a"].numpy(), t["item_b"].numpy()
         n = len(self.item_ids_)
-        wins = np.bincount(data.item_a[rows], y * w, n) + np.bincount(data.item_b[rows], (1 - y) * w, n)
-        losses = np.bincount(data.item_a[rows], (1 - y) * w, n) + np.bincount(data.item_b[rows], y * w, n)
-        self.wins[:n] = torch.from_numpy(wins)
-        self.losses[:n] = torch.from_numpy(losses)
-        self.fit_report_ = {"epochs": 0, "best_epoch": None, "best_val_loss": None, "n_train": int(len(rows)),
-                            "n_val": 0, "seconds": time.perf_counter() - start, "device": "cpu",
-                            "world_size": 1}
-        return self
+        known_a, known_b = item_a >= 0, item_b >= 0  # items outside the model's vocabulary count for none
+        a, b = item_a[known_a], item_b[known_b]
+        ya, wa, yb, wb = y[known_a], w[known_a], y[known_b], w[known_b]
+        wins = np.bincount(a, ya * wa, n) + np.bincount(b, (1 - yb) * wb, n)
+        losses = np.bincount(a, (1 - ya) * wa, n) + np.bincount(b, yb * wb, n)
+        self.wins.zero_()
+        self.losses.zero_()
+        self.wins[:n] = torch.from_numpy(wins).to(self.wins.device)
+        self.losses[:n] = torch.from_numpy(losses).to(self.losses.device)
 
     def item_reward(self, item_index: torch.Tensor | None, n: int) -> torch.Tensor:
         if item_index is None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from plural.core.laplace import LinearMargins
 from plural.core.latent import LatentConfig, LatentUserModel
-from plural.core.model import register_model
+from plural.core.model import INNER_PRODUCT, RetrievalForm, register_model
 
 
 @dataclasses.dataclass
@@ -33,6 +33,7 @@ class LowRank(LatentUserModel):
 
     name = "low_rank"
     config_class = LowRankConfig
+    listing_order = 50
 
     def _build_head(self, feature_dim: int) -> None:
         h, k = self.config.item_dim, self.config.n_components
@@ -46,7 +47,11 @@ class LowRank(LatentUserModel):
     def _absorb_user_mean(self, mean: torch.Tensor) -> None:
         self.population_weight += self.basis @ mean  # (w0 + B m) + B (u - m) = w0 + B u
 
-    def _support_margins(self, support: dict) -> LinearMargins:
+    def retrieval_form(self) -> RetrievalForm:
+        """Inner product: items ``phi(x)``, bias ``b(x)``, query ``w0 + B u``."""
+        return self._retrieval_form(INNER_PRODUCT, lambda u: self.population_weight + self.basis @ u)
+
+    def _margins_of(self, support: dict) -> LinearMargins:
         n = len(support["features_a"])  # both sides through the item layers in one pass
         phi, bias = self.items(torch.cat([support["features_a"], support["features_b"]]),
                                torch.cat([support["item_a"], support["item_b"]]))

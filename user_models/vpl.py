@@ -55,7 +55,7 @@ from torch import nn
 from plural.core.latent import LatentConfig, LatentUserModel, inference
 from plural.core.layers import HybridItems, mlp
 from plural.core.likelihood import bradley_terry_nll, preference_probability
-from plural.core.model import UserState, register_model
+from plural.core.model import INNER_PRODUCT, RetrievalForm, UserState, register_model
 
 logger = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ class VPL(LatentUserModel):
 
     name = "vpl"
     config_class = VPLConfig
+    listing_order = 80
 
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
@@ -283,6 +284,19 @@ class VPL(LatentUserModel):
         """``(mean (K,), covariance (K, K))`` of the prior over z: N(0, I)."""
         k = self.user_dim
         return torch.zeros(k, dtype=torch.float64), torch.eye(k, dtype=torch.float64)
+
+    def adaptation_prior(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(0, I, I)``: the N(0, I) prior of z (the encoder's posterior is relative to it)."""
+        mean, cov = self.prior()
+        return mean, cov, cov.clone()
+
+    def retrieval_form(self) -> RetrievalForm:
+        """Inner product: items ``phi(x)``, bias ``b(x)``, query ``w0 + W^T z``."""
+        return self._retrieval_form(INNER_PRODUCT, lambda z: self.population_weight + z @ self.personal_map)
+
+    def diagnostics(self) -> dict[str, float]:
+        """``{"active_units": active_units()}``."""
+        return {"active_units": float(self.active_units())}
 
     def population_state(self) -> UserState:
         self.check_is_fitted()
@@ -358,6 +372,7 @@ class VPL(LatentUserModel):
 
     def on_fit_end(self) -> None:
         self._set_training_index(None)  # do not hold on to the training data
+        super().on_fit_end()
 
     def _encode_positions(self, positions: torch.Tensor, segment: torch.Tensor, n_sets: int):
         """Encode the training comparisons at CSR ``positions`` as ``n_sets`` sets; each distinct

@@ -18,10 +18,12 @@ import torch
 from plural.data.container import PreferenceData
 
 
-def _remap(model_index: dict | None, ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    if model_index is None:
+def _remap(lookup, ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``codes`` (indices into ``ids``) as indices of the model's vocabulary; ``lookup`` is the model's
+    ``user_index``/``item_index``/``context_index`` (None: keep the codes)."""
+    if lookup is None:
         return codes
-    table = np.array([model_index.get(str(x), -1) for x in ids], dtype=np.int64)
+    table = lookup([str(x) for x in ids]).numpy().astype(np.int64, copy=False)
     return table[codes]
 
 
@@ -31,7 +33,8 @@ class ComparisonDataset(torch.utils.data.Dataset):
     Args:
         data: the preferences; must carry ``item_features``.
         rows: comparison rows to serve (all by default).
-        model: when given, user and item indices are translated into the model's vocabularies.
+        model: when given (and built), user, item and context indices are translated into the
+            model's vocabularies through its ``user_index``, ``item_index`` and ``context_index``.
     """
 
     def __init__(self, data: PreferenceData, rows: np.ndarray | None = None, model=None) -> None:
@@ -39,22 +42,21 @@ class ComparisonDataset(torch.utils.data.Dataset):
             raise ValueError(f"{data.name}: items have no features; encode them first "
                              "(plural.data.encoders.encode_items) or pass an encoder to fit")
         rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
-        user_map = getattr(model, "_user_index", None)
-        item_map = getattr(model, "_item_index", None)
-        same_items = item_map is not None and len(model.item_ids_) == data.n_items and \
+        built = model is not None and model.is_built  # an unbuilt model has no vocabularies yet
+        same_items = built and len(model.item_ids_) == data.n_items and \
             all(a == b for a, b in zip(model.item_ids_, data.item_ids))
         self.features = torch.from_numpy(data.item_features)
         self.data_item_a = torch.from_numpy(data.item_a[rows])
         self.data_item_b = torch.from_numpy(data.item_b[rows])
-        item_codes = None if same_items else item_map
-        context_map = getattr(model, "_context_index", None)
-        if context_map is not None and data.context_ids is not None:
-            table = np.append(_remap(context_map, data.context_ids, np.arange(len(data.context_ids))), -1)
+        user_codes = model.user_index if built else None
+        item_codes = model.item_index if built and not same_items else None
+        if built and data.context_ids is not None:
+            table = np.append(_remap(model.context_index, data.context_ids, np.arange(len(data.context_ids))), -1)
             context = table[data.context[rows]]  # index -1 (no context) reads the appended -1
         else:
             context = np.full(len(rows), -1, np.int64) if model is not None else data.context[rows]
         self.tensors = {
-            "user": torch.from_numpy(_remap(user_map, data.user_ids, data.user[rows])),
+            "user": torch.from_numpy(_remap(user_codes, data.user_ids, data.user[rows])),
             "item_a": torch.from_numpy(_remap(item_codes, data.item_ids, data.item_a[rows])),
             "item_b": torch.from_numpy(_remap(item_codes, data.item_ids, data.item_b[rows])),
             "label": torch.from_numpy(data.label[rows]),

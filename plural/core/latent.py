@@ -6,7 +6,11 @@ A subclass defines ``score(phi, bias, u, context=None)``: the reward of items wi
 where the model uses them), broadcasting over leading dimensions, and such that ``u = 0`` gives the
 population reward. Everything else (training users as an embedding
 table with a Gaussian prior, batched ``reward``, ``user_states``, and ``adapt`` by Gauss-Newton MAP with
-a Laplace covariance under the population's empirical prior) lives here, written once.
+a Laplace covariance under the population's empirical prior) lives here, written once, with the
+query-time contract that follows from it: ``support_margins`` (forward-mode derivatives of ``score``
+by default), ``adaptation_prior`` and ``adapts_by_map``. A subclass whose reward is an inner product
+with, or a squared distance to, a function of ``u`` returns that from ``retrieval_form``, built by
+``_retrieval_form``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 from plural.core.laplace import gauss_newton_map
 from plural.core.layers import HybridItems
 from plural.core.likelihood import independent_share
-from plural.core.model import ModelConfig, PreferenceModel, UserState
+from plural.core.model import ModelConfig, PreferenceModel, RetrievalForm, UserState
 
 
 @dataclasses.dataclass
@@ -36,7 +40,8 @@ class LatentConfig(ModelConfig):
     user_l2: float = 1.0
     """Precision of the Gaussian prior on training users' vectors (their L2 penalty). At 10 the
     users of the synthetic mixture barely moved from the population (``ideal_point`` learned no
-    personal part at all); users are recentred after training (``on_fit_complete``), so a weak
+    personal part at all); users are recentred after training (``on_fit_complete``, run by the
+    ``on_fit_end`` hook), so a weak
     prior does not leak population signal into the user vectors."""
     item_l2: float = 100.0
     """Precision of the Gaussian prior on learned item embeddings and biases: item identities must
@@ -140,6 +145,7 @@ class LatentUserModel(PreferenceModel):
         return self.user_embedding(idx)
 
     def on_fit_start(self) -> None:
+        """Record the number of training comparisons (the priors are spread over them)."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "train_set", None) is not None:
             self.n_train_.fill_(len(dm.train_set))
@@ -174,7 +180,8 @@ class LatentUserModel(PreferenceModel):
         """Move the training users' mean vector into the population term, where the model allows it
         exactly (``_absorb_user_mean``): then ``u = 0``, the state of a user with no comparisons, is
         the average training user rather than an arbitrary origin the users drifted away from, and
-        the zero-mean prior of ``adapt`` is centred where the users are."""
+        the zero-mean prior of ``adapt`` is centred where the users are. Run at the end of every fit
+        by the ``on_fit_end`` hook (:meth:`plural.core.model.PreferenceModel.on_fit_end`)."""
         absorb = getattr(self, "_absorb_user_mean", None)
         if absorb is None or len(self.user_ids_) < 2:
             return
@@ -221,7 +228,35 @@ class LatentUserModel(PreferenceModel):
         """``(mean (K,), covariance (K, K))`` of a new user's vector: zero mean (a new user starts at
         the population reward) and the empirical second moment of the trained users' vectors. Cached
         until the user vectors or the prior's config change (every ``adapt`` call reads it)."""
-        return self._prior_and_precision()[:2]
+        return self.adaptation_prior()[:2]
+
+    def adaptation_prior(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, covariance, precision)`` float64 of :meth:`prior`, the precision its inverse; the
+        same cached tensors on every call until the user vectors or the prior's config change (do not
+        modify them)."""
+        return self._prior_and_precision()
+
+    @property
+    def adapts_by_map(self) -> bool:
+        """True unless a subclass replaced :meth:`adapt` (the Gauss-Newton MAP written here)."""
+        return type(self).adapt is LatentUserModel.adapt
+
+    def _retrieval_form(self, kind: str, query) -> RetrievalForm:
+        """A :class:`~plural.core.model.RetrievalForm` of ``kind`` whose items are this model's item
+        representation and bias (``self.items``) and whose query is ``query(u)`` (``u`` cast to the
+        model's device and dtype); both run under :func:`inference`."""
+
+        def items(features: torch.Tensor, item_index: torch.Tensor | None = None):
+            with inference(self):
+                idx = None if item_index is None else item_index.to(self.device)
+                return self.items(features.to(self.device), idx)
+
+        def user_query(u: torch.Tensor) -> torch.Tensor:
+            with inference(self):
+                dtype = next(self.items.parameters()).dtype
+                return query(torch.as_tensor(u).to(self.device, dtype))
+
+        return RetrievalForm(kind, items, user_query)
 
     def _prior_and_precision(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weight = self.user_embedding.weight
@@ -258,24 +293,34 @@ class LatentUserModel(PreferenceModel):
             mean, cov = prior.vector.double().to(self.device), prior.covariance.double().to(self.device)
             precision = torch.linalg.inv(cov)
         else:
-            mean, cov, precision = self._prior_and_precision()
+            mean, cov, precision = self.adaptation_prior()
             if prior is not None:
                 mean = prior.vector.double().to(self.device)
         n = 0 if support is None else int(len(support["label"]))
         if n == 0:
             return UserState(vector=mean.float().cpu(), covariance=cov.float().cpu(), n_comparisons=0)
         with inference(self):
-            fn = self._support_margins({k: v.to(self.device) for k, v in support.items()})
+            fn = self.support_margins(support)
             u, post_cov = gauss_newton_map(
                 fn, support["label"].to(self.device), mean, precision,
                 weight=support_weight(support, self.config.temper_support).to(self.device),
                 n_steps=self.config.adapt_steps,
-                noise_rate=self.config.noise_rate)
+                noise_rate=self.likelihood_noise_rate)
         return UserState(vector=u.float().cpu(), covariance=post_cov.float().cpu(), n_comparisons=n)
 
+    def support_margins(self, support: dict):
+        """``u -> (margins (k,), jacobian (k, K))`` float64 for the support's comparisons (see
+        :meth:`plural.core.model.PreferenceModel.support_margins`). The default differentiates
+        ``score`` with forward-mode autodiff; models linear in ``u`` override :meth:`_margins_of`."""
+        with inference(self):
+            return self._margins_of({k: v.to(self.device) for k, v in support.items()})
+
     def _support_margins(self, support: dict):
-        """``u -> (margins (k,), jacobian (k, K))`` for the support's comparisons. The default
-        differentiates ``score`` with forward-mode autodiff; models linear in ``u`` override it."""
+        """Deprecated name of :meth:`support_margins` (kept for scripts written against it)."""
+        return self.support_margins(support)
+
+    def _margins_of(self, support: dict):
+        """:meth:`support_margins` of a support already on the model's device, under :func:`inference`."""
         phi_a, bias_a = self.items(support["features_a"], support["item_a"])
         phi_b, bias_b = self.items(support["features_b"], support["item_b"])
         ctx = support.get("context")

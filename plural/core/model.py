@@ -12,14 +12,37 @@ method checks the model is fitted. Subclasses implement:
 - ``adapt(support, prior=None)``: a :class:`UserState` for a new user from a few comparisons, first
   passing them through :meth:`PreferenceModel.check_support` (validation, the :data:`MAX_SUPPORT` cap).
 
+What query time needs of a model is part of the contract too, each with a default that says "this
+model has no such thing", so ``plural.query`` never guesses a model's form from its attribute names:
+
+- :attr:`~PreferenceModel.user_dim`: the size of a user state's vector;
+- :meth:`~PreferenceModel.user_index`, :meth:`~PreferenceModel.item_index`,
+  :meth:`~PreferenceModel.context_index`: ids to the model's indices (-1 for unknown ones);
+- :meth:`~PreferenceModel.support_margins`: ``u -> (margins, jacobian)`` of comparisons, for models
+  whose predictions are driven by a user vector (active questioning, the user store's prior);
+- :meth:`~PreferenceModel.adaptation_prior`: the Gaussian prior ``adapt`` puts on a new user's vector;
+- :attr:`~PreferenceModel.adapts_by_map`: whether ``adapt`` is the shared Gauss-Newton MAP on
+  :meth:`~PreferenceModel.support_margins` under :meth:`~PreferenceModel.adaptation_prior` (what lets
+  ``plural.query.personalize`` replace that prior by the stored users);
+- :meth:`~PreferenceModel.retrieval_form`: a :class:`RetrievalForm` when the reward ranks items as an
+  inner product or a squared distance (exact FAISS top-n in ``plural.query.recommend``);
+- :attr:`~PreferenceModel.likelihood_noise_rate`: the label-flip rate applied to the model's margins;
+- :meth:`~PreferenceModel.diagnostics`: named fitted quantities worth reporting (the benchmark's).
+
+Models follow scikit-learn's estimator protocol: :meth:`~PreferenceModel.get_params` and
+:meth:`~PreferenceModel.set_params` read and replace the config's fields, so
+``sklearn.base.clone(model)`` is an unfitted model with the same config.
+
 The Bradley-Terry likelihood (``plural.core.likelihood``) and the shared train/validation step live here.
+Training ends in Lightning's hooks (``on_fit_start``, ``on_train_end``, ``on_fit_end``), so a model
+fitted by a user's own ``pl.Trainer`` ends in the state :func:`plural.training.fit.fit` leaves it in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -47,6 +70,45 @@ _SUPPORT_FEATURE_KEYS = ("features_a", "features_b")
 
 class NotFittedError(RuntimeError):
     """Raised when a model is used before it was fitted or loaded."""
+
+
+INNER_PRODUCT = "inner_product"
+SQUARED_DISTANCE = "squared_distance"
+RETRIEVAL_KINDS = (INNER_PRODUCT, SQUARED_DISTANCE)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalForm:
+    """A reward that an exact nearest-neighbour search can rank: for every user vector ``u`` and item
+    ``x`` with vector ``v(x)`` and bias ``b(x)`` (:attr:`items`) and the user's query ``q(u)``
+    (:attr:`query`),
+
+    - ``kind="inner_product"``: ``reward(x, u) = v(x) . q(u) + b(x)``;
+    - ``kind="squared_distance"``: ``reward(x, u) = -||v(x) - q(u)||^2 + b(x)``.
+
+    :meth:`score` is that formula. Both callables run without gradients, in eval mode, on the model's
+    device. What :meth:`PreferenceModel.retrieval_form` returns; ``plural.query.recommend.ItemIndex``
+    checks the identity on random users before it relies on it.
+
+    Attributes:
+        kind: ``"inner_product"`` or ``"squared_distance"``.
+        items: ``(item_features (n, d), item_index (n,) or None) -> (vectors (n, h), bias (n,))``.
+        query: ``u (K,) -> (h,)``.
+    """
+
+    kind: str
+    items: Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+    query: Callable[[torch.Tensor], torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if self.kind not in RETRIEVAL_KINDS:
+            raise ValueError(f"kind must be one of {RETRIEVAL_KINDS}, got {self.kind!r}")
+
+    def score(self, vectors: torch.Tensor, bias: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` rewards of items with ``vectors (n, h)`` and ``bias (n,)`` for the query ``(h,)``."""
+        if self.kind == INNER_PRODUCT:
+            return (vectors * query).sum(-1) + bias
+        return -(vectors - query).pow(2).sum(-1) + bias
 
 
 @dataclasses.dataclass
@@ -105,6 +167,10 @@ class PreferenceModel(pl.LightningModule):
     """Early stopping waits at least this many epochs without improvement, whatever ``fit`` was
     given: models whose personal part emerges only after a plateau set it."""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    listing_order: ClassVar[float] = 1000.0
+    """Where the model comes in ordered listings (``available_models(ordered=True)``, the benchmark's
+    default models and so its tables): the zoo counts up from the simplest baselines (10) to the
+    latent-user models (50 to 80); a model that does not set it comes after them, by name."""
 
     def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -189,12 +255,20 @@ class PreferenceModel(pl.LightningModule):
                                  "or load a saved model first")
 
     def user_index(self, user_ids: Sequence[str]) -> torch.Tensor:
-        """Model indices of ``user_ids``; -1 for users not seen in training."""
+        """Model indices of ``user_ids`` (``(n,)`` long, ids compared as strings); -1 for users not
+        seen in training."""
+        self.check_is_fitted()
         return torch.tensor([self._user_index.get(str(u), -1) for u in user_ids], dtype=torch.long)
 
     def item_index(self, item_ids: Sequence[str]) -> torch.Tensor:
         """Model indices of ``item_ids``; -1 for items the model has no identity for."""
+        self.check_is_fitted()
         return torch.tensor([self._item_index.get(str(i), -1) for i in item_ids], dtype=torch.long)
+
+    def context_index(self, context_ids: Sequence[str]) -> torch.Tensor:
+        """Model indices of ``context_ids``; -1 for contexts the model has no representation for."""
+        self.check_is_fitted()
+        return torch.tensor([self._context_index.get(str(c), -1) for c in context_ids], dtype=torch.long)
 
     def check_features(self, features: torch.Tensor) -> None:
         if features.ndim != 2 or features.shape[1] != self.feature_dim_:
@@ -337,8 +411,16 @@ class PreferenceModel(pl.LightningModule):
         return ra - rb
 
     def on_fit_complete(self) -> None:
-        """Called by :func:`plural.training.fit.fit` once training ended and the best weights are back
-        (no-op by default; latent-user models recentre their users here)."""
+        """The model's last step of training, once the final (for :func:`plural.training.fit.fit`, the
+        best) weights are in place: no-op by default; latent-user models recentre their users here.
+        Called, without gradients, by :meth:`on_fit_end`, whatever trainer ran the fit."""
+
+    def on_fit_end(self) -> None:
+        """Lightning hook, after the trainer's teardown (the model is back on the CPU, every
+        callback's ``on_train_end``, e.g. a restore of the best weights, has run): calls
+        :meth:`on_fit_complete`. Subclasses that override it call ``super().on_fit_end()``."""
+        with torch.no_grad():
+            self.on_fit_complete()
 
     def first_selectable_epoch(self) -> int:
         """Epochs before this one are warm-up: early stopping waits for it and the best-weights
@@ -357,10 +439,13 @@ class PreferenceModel(pl.LightningModule):
 
     def nll(self, batch: Batch) -> torch.Tensor:
         return bradley_terry_nll(self.pair_margin(batch), batch["label"], batch.get("weight"),
-                                 noise_rate=self.config.noise_rate)
+                                 noise_rate=self.likelihood_noise_rate)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        """The batch's loss; None (no optimizer step) when it depends on no trainable parameter, as
+        for models fitted in closed form by their hooks."""
+        loss = self._shared_step(batch, "train")
+        return loss if loss.requires_grad else None
 
     def validation_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "val")
@@ -371,7 +456,7 @@ class PreferenceModel(pl.LightningModule):
     def _shared_step(self, batch: Batch, stage: str) -> torch.Tensor:
         margin = self.pair_margin(batch)
         label = batch["label"]
-        nll = bradley_terry_nll(margin, label, batch.get("weight"), noise_rate=self.config.noise_rate)
+        nll = bradley_terry_nll(margin, label, batch.get("weight"), noise_rate=self.likelihood_noise_rate)
         loss = nll + self.regularization() if stage == "train" else nll
         decisive = label != 0.5
         acc = ((margin[decisive] > 0).float() == label[decisive]).float().mean()
@@ -383,8 +468,92 @@ class PreferenceModel(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.config.learning_rate,
-                                 weight_decay=self.config.weight_decay)
+        """AdamW over the trainable parameters; None (Lightning then runs without an optimizer) for
+        a model that has none, fitted in closed form by its hooks (``item_winrate``)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        return torch.optim.AdamW(params, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
+
+    @property
+    def has_trainable_parameters(self) -> bool:
+        """Whether gradient steps have anything to change (a built model without any, such as
+        ``item_winrate``'s counts, is fitted by its hooks alone: see :func:`plural.training.fit.fit`)."""
+        return any(p.requires_grad for p in self.parameters())
+
+    # ------------------------------------------------------------------ what query time needs
+    @property
+    def user_dim(self) -> int:
+        """Size of a :class:`UserState`'s vector for this model (0 for models without user state).
+        The default reads :meth:`population_state`."""
+        return int(self.population_state().vector.numel())
+
+    def support_margins(self, support: Batch) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """``u (user_dim,) -> (margins (k,), jacobian (k, user_dim))``, float64, of the comparisons in
+        ``support`` (a comparison batch with ``item_a``/``item_b``; moved to the model's device) for a
+        user with vector ``u``: what Laplace adaptation, the user store's prior and active questioning
+        linearise. The item network runs once, here, not on every call. None (the default) for models
+        whose predictions are not driven by a user vector this way."""
+        return None
+
+    def adaptation_prior(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(mean (K,), covariance (K, K), precision (K, K))`` float64 of the Gaussian prior
+        :meth:`adapt` puts on a new user's vector (its precision is the covariance's inverse); None
+        (the default) for models that adapt without one."""
+        return None
+
+    @property
+    def adapts_by_map(self) -> bool:
+        """True when :meth:`adapt` is the Gauss-Newton MAP of the (tempered) Bradley-Terry likelihood of
+        :meth:`support_margins` under the Gaussian :meth:`adaptation_prior`, with its Laplace
+        covariance, so that another prior (``plural.query.personalize``'s mixture over stored users) can
+        be put in its place; such a model's config has ``temper_support`` and ``adapt_steps``
+        (``plural.core.latent.LatentConfig``). False by default."""
+        return False
+
+    def retrieval_form(self) -> RetrievalForm | None:
+        """The :class:`RetrievalForm` of the reward of a user state (``reward(x, UserState(u))``) when it
+        ranks items as an inner product or a squared distance, for exact top-n search; None (the
+        default: scored exactly over the whole catalog)."""
+        return None
+
+    @property
+    def likelihood_noise_rate(self) -> float:
+        """Probability that a label is flipped at random in the Bradley-Terry likelihood of the margins
+        this model predicts (``pair_margin``, ``state_margin``): ``config.noise_rate`` by default; 0 for
+        models whose margins already include their label noise."""
+        return float(self.config.noise_rate)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Named fitted quantities worth reporting beside accuracy (the benchmark records them), e.g.
+        an estimated label-noise rate; ``{}`` by default."""
+        return {}
+
+    # ------------------------------------------------------------------ scikit-learn protocol
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The config's fields, ``{name: value}`` (scikit-learn's estimator protocol: the constructor
+        takes them as keyword arguments). ``deep`` is accepted for the protocol; configs hold no
+        estimators."""
+        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+
+    def set_params(self, **params: Any) -> "PreferenceModel":
+        """Replace config fields (validated as the constructor validates them) and return the model.
+        On a fitted model, fields that shape its layers take effect only once it is built again;
+        ``sklearn.base.clone(model)`` gives an unfitted model with the same config.
+
+        Raises:
+            ValueError: a name that is not a config field, or an invalid value.
+        """
+        if not params:
+            return self
+        fields = {f.name for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(params) - fields)
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {unknown} for {type(self).__name__}; valid parameters "
+                             f"are the fields of {type(self.config).__name__}: {sorted(fields)}")
+        self.config = dataclasses.replace(self.config, **params)
+        self.hparams["config"] = dataclasses.asdict(self.config)
+        return self
 
     # ------------------------------------------------------------------ sklearn-style sugar
     def fit(self, data, **kwargs) -> "PreferenceModel":
@@ -420,9 +589,12 @@ def _discover() -> None:
             _REGISTRY.setdefault(ep.name, cls)
 
 
-def available_models() -> list[str]:
-    """Names of every model that can be made."""
+def available_models(ordered: bool = False) -> list[str]:
+    """Names of every model that can be made: sorted by name, or with ``ordered`` by their classes'
+    :attr:`~PreferenceModel.listing_order` (then by name), the order of the benchmark's tables."""
     _discover()
+    if ordered:
+        return sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].listing_order, name))
     return sorted(_REGISTRY)
 
 

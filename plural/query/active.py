@@ -13,8 +13,9 @@ zero when the model is already sure of the answer (``|m|`` large) and when the a
 information about the user (``j^T S j = 0``, e.g. two items with the same representation), and
 shrinks as the same pair is answered again and again (the posterior narrows along ``j``).
 
-Models with no Gaussian posterior or no Jacobian (``bradley_terry``, ``em_mixture``,
-``anchored_logistic``; a state without a covariance) fall back on **uncertainty sampling**: the
+Models with no Gaussian posterior or no Jacobian (``support_margins`` is None: ``bradley_terry``,
+``em_mixture``, ``anchored_logistic``; a state without a covariance) fall back on **uncertainty
+sampling**: the
 entropy of the predicted answer, ``H[p(m(mu))]``. It is the limit of the information gain when every
 candidate's margin is equally uncertain, and the natural criterion when the model keeps no
 uncertainty about the user (for ``bradley_terry`` the true information gain is zero for every pair).
@@ -123,9 +124,8 @@ def margin_information_gain(mean: torch.Tensor, variance: torch.Tensor, noise_ra
 
 
 # ---------------------------------------------------------------------------------- model level
-def _has_gaussian_posterior(model: PreferenceModel, state: UserState) -> bool:
-    return (hasattr(model, "_support_margins") and state.covariance is not None
-            and state.vector.numel() > 0)
+def _has_gaussian_state(state: UserState) -> bool:
+    return state.covariance is not None and state.vector.numel() > 0
 
 
 def _check_candidates(candidates: dict) -> int:
@@ -149,12 +149,13 @@ def _candidate_batch(model: PreferenceModel, candidates: dict) -> dict:
     return batch
 
 
-def linearised_margins(model: PreferenceModel, candidates: dict) -> Callable:
+def linearised_margins(model: PreferenceModel, candidates: dict) -> Callable | None:
     """``u (K,) -> (margins (n,), jacobian (n, K))`` of the candidates, float64, computed once per pool
-    (the item network runs here, not on every call)."""
+    (the item network runs here, not on every call): the model's ``support_margins``; None for
+    models without them."""
     batch = _candidate_batch(model, candidates)
     with inference(model):
-        return model._support_margins(batch)
+        return model.support_margins(batch)
 
 
 def _gaussian_information_gain(model, state: UserState, margins_fn: Callable) -> torch.Tensor:
@@ -163,8 +164,7 @@ def _gaussian_information_gain(model, state: UserState, margins_fn: Callable) ->
     with inference(model):
         mean, jac = margins_fn(u)
     variance = ((jac @ cov) * jac).sum(-1)
-    noise = float(getattr(model.config, "noise_rate", 0.0))
-    return margin_information_gain(mean.double(), variance, noise).cpu()
+    return margin_information_gain(mean.double(), variance, model.likelihood_noise_rate).cpu()
 
 
 def answer_entropy(model: PreferenceModel, state: UserState, candidates: dict) -> torch.Tensor:
@@ -173,8 +173,7 @@ def answer_entropy(model: PreferenceModel, state: UserState, candidates: dict) -
     batch = _candidate_batch(model, candidates)
     with inference(model):
         margin = model.state_margin(batch, state).double()
-    noise = float(getattr(model.config, "noise_rate", 0.0))
-    return binary_entropy(preference_probability(margin, noise)).cpu()
+    return binary_entropy(preference_probability(margin, model.likelihood_noise_rate)).cpu()
 
 
 def expected_information_gain(model: PreferenceModel, state: UserState, candidates: dict) -> torch.Tensor:
@@ -194,9 +193,10 @@ def expected_information_gain(model: PreferenceModel, state: UserState, candidat
         ``(n,)`` float64 scores, larger is more informative.
     """
     _check_candidates(candidates)
-    if not _has_gaussian_posterior(model, state):
+    margins_fn = linearised_margins(model, candidates) if _has_gaussian_state(state) else None
+    if margins_fn is None:
         return answer_entropy(model, state, candidates)
-    return _gaussian_information_gain(model, state, linearised_margins(model, candidates))
+    return _gaussian_information_gain(model, state, margins_fn)
 
 
 def _fisher_weight(mean: torch.Tensor, variance: torch.Tensor, noise_rate: float) -> torch.Tensor:
@@ -214,7 +214,7 @@ def _gaussian_targeted_gain(model, state: UserState, margins_fn: Callable,
                             target_fn: Callable | None = None) -> torch.Tensor:
     u = state.vector.to(model.device, torch.float64)
     cov = state.covariance.to(model.device, torch.float64)
-    noise = float(getattr(model.config, "noise_rate", 0.0))
+    noise = model.likelihood_noise_rate
     with inference(model):
         mean, jac = margins_fn(u)
         t_mean, t_jac = (mean, jac) if target_fn is None else target_fn(u)
@@ -253,10 +253,11 @@ def expected_target_variance_reduction(model: PreferenceModel, state: UserState,
         state fall back on :func:`answer_entropy`.
     """
     _check_candidates(candidates)
-    if not _has_gaussian_posterior(model, state):
+    margins_fn = linearised_margins(model, candidates) if _has_gaussian_state(state) else None
+    if margins_fn is None:
         return answer_entropy(model, state, candidates)
     target_fn = None if targets is None else linearised_margins(model, targets)
-    return _gaussian_targeted_gain(model, state, linearised_margins(model, candidates), target_fn)
+    return _gaussian_targeted_gain(model, state, margins_fn, target_fn)
 
 
 def rank_questions(model: PreferenceModel, state: UserState, candidates: dict, n: int | None = None,
@@ -319,8 +320,8 @@ class ActiveSession:
         self._answered = np.zeros(self.n_candidates, dtype=bool)
         self._pending: int | None = None
         self._margins_fn = None
-        if strategy in ("eig", "targeted") and _has_gaussian_posterior(model, self.state):
-            self._margins_fn = linearised_margins(model, self.candidates)
+        if strategy in ("eig", "targeted") and _has_gaussian_state(self.state):
+            self._margins_fn = linearised_margins(model, self.candidates)  # None: no user vector
 
     @property
     def remaining(self) -> int:

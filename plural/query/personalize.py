@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from plural.core.laplace import stable_sigmoid
-from plural.core.latent import LatentUserModel, inference, support_weight
+from plural.core.latent import inference, support_weight
 from plural.core.model import PreferenceModel, UserState
 from plural.query.store import UserStore, model_fingerprint
 from plural.query.store_files import StoreError
@@ -51,9 +51,10 @@ def check_store_fingerprint(model: PreferenceModel, store: UserStore) -> None:
 
 
 def supports_retrieval(model: PreferenceModel) -> bool:
-    """Whether :func:`personalize` can use a store for ``model``: latent-user models adapted by the
-    shared Gauss-Newton MAP (low-rank, ideal point). Others adapt as they always do."""
-    return isinstance(model, LatentUserModel) and type(model).adapt is LatentUserModel.adapt
+    """Whether :func:`personalize` can use a store for ``model``: models whose ``adapt`` is the shared
+    Gauss-Newton MAP under a Gaussian prior (``model.adapts_by_map``: low-rank, ideal point), so the
+    store's mixture can replace that prior. Others adapt as they always do."""
+    return bool(model.adapts_by_map)
 
 
 def build_user_store(model: PreferenceModel, index: str = "auto") -> UserStore:
@@ -138,7 +139,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     label = batch["label"].double().cpu().numpy()
     weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
     with inference(model):
-        fn = model._support_margins(batch)
+        fn = model.support_margins(batch)
         zero = torch.zeros(model.user_dim, dtype=torch.float64, device=model.device)
         m0, jac = (t.double().cpu().numpy() for t in fn(zero))
     group = _context_group(model, store, batch, exhaustive_below) if by_context else None
@@ -152,7 +153,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     if not ids:
         state = model.adapt(support)
         return (state, []) if return_neighbors else state
-    pop_mean, _, pop_precision = (t.double().cpu().numpy() for t in model._prior_and_precision())
+    pop_mean, _, pop_precision = (t.double().cpu().numpy() for t in model.adaptation_prior())
     stored = store.get(ids).astype(np.float64)
     if group is not None:
         stored += pop_mean - stored.mean(0)

@@ -1,18 +1,19 @@
 """Recommending from an item catalog: the top items for a user, fast and exact.
 
-:class:`ItemIndex` computes every item's representation once. For models whose reward is an inner
-product in disguise it answers ``top_n`` with a FAISS search, then re-scores what it retrieved with
-the model, so the scores returned are always the model's own:
+:class:`ItemIndex` asks the model for its :class:`~plural.core.model.RetrievalForm`
+(:meth:`~plural.core.model.PreferenceModel.retrieval_form`). Where the reward is an inner product in
+disguise it computes every item's vector once and answers ``top_n`` with a FAISS search, then
+re-scores what it retrieved exactly, so the scores returned are always the model's own:
 
-- low rank (``r = phi . (w0 + B u) + b``): items ``[phi, b]``, query ``[w0 + B u, 1]``;
-- ideal point with squared distance (``r = -||phi - p(u)||^2 + b``): since
-  ``-||phi - p||^2 + b = 2 phi . p - ||phi||^2 + b - ||p||^2`` and ``||p||^2`` does not depend on the
-  item, items ``[phi, b - ||phi||^2]`` and query ``[2 p(u), 1]`` rank exactly as the reward does.
+- inner product (``r = v(x) . q(u) + b(x)``, e.g. ``low_rank``'s ``q = w0 + B u``): items
+  ``[v, b]``, query ``[q(u), 1]``;
+- squared distance (``r = -||v(x) - q(u)||^2 + b(x)``, e.g. ideal points): since
+  ``-||v - q||^2 + b = 2 v . q - ||v||^2 + b - ||q||^2`` and ``||q||^2`` does not depend on the
+  item, items ``[v, b - ||v||^2]`` and query ``[2 q(u), 1]`` rank exactly as the reward does.
 
-Every other model (Bradley-Terry, EM mixture, VPL, cosine ideal points, the baselines) is scored
-exactly through ``model.reward`` over the whole catalog. Which form a model has is read from its
-parts (``basis`` and ``population_weight``; ``ideal_point``) and checked once on random users at
-construction; a model that fails the check is scored exactly.
+Every other model (no retrieval form) is scored exactly through ``model.reward`` over the whole
+catalog. The form is checked once against ``model.reward`` on random users at construction; a model
+that fails the check is scored exactly.
 """
 
 from __future__ import annotations
@@ -24,34 +25,24 @@ import numpy as np
 import torch
 
 from plural.data.container import PreferenceData
-from plural.core.latent import LatentUserModel, inference
-from plural.core.model import PreferenceModel, UserState
+from plural.core.latent import inference
+from plural.core.model import INNER_PRODUCT, SQUARED_DISTANCE, PreferenceModel, RetrievalForm, UserState
+from plural.query.store import AUTO_HNSW_THRESHOLD
+from plural.query.store_files import import_faiss
 
 logger = logging.getLogger(__name__)
 
-AUTO_HNSW_THRESHOLD = 50_000
-"""Catalogs with at least this many items get an HNSW index under ``index="auto"``."""
 _INDEX_KINDS = ("auto", "flat", "hnsw", "exact")
 _CHUNK = 65_536  # items per forward pass when precomputing representations
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError("ItemIndex needs FAISS: pip install faiss-cpu") from err
-    return faiss
+FORM_LABELS = {INNER_PRODUCT: "linear", SQUARED_DISTANCE: "ideal_point"}
+"""``ItemIndex.form`` of each :class:`~plural.core.model.RetrievalForm` kind."""
 
 
 def retrieval_form(model: PreferenceModel) -> str | None:
-    """``"linear"`` (low rank), ``"ideal_point"`` (squared distance) or None (score exactly)."""
-    if not isinstance(model, LatentUserModel):
-        return None
-    if hasattr(model, "basis") and hasattr(model, "population_weight"):
-        return "linear"
-    if callable(getattr(model, "ideal_point", None)) and getattr(model.config, "distance", None) == "squared":
-        return "ideal_point"
-    return None
+    """``"linear"`` (an inner-product form), ``"ideal_point"`` (a squared-distance form) or None
+    (scored exactly): the label of ``model.retrieval_form()``'s kind (:data:`FORM_LABELS`)."""
+    form = model.retrieval_form()
+    return None if form is None else FORM_LABELS[form.kind]
 
 
 def _show(ids: list) -> str:
@@ -71,15 +62,16 @@ class ItemIndex:
             all treated as new to the model.
         index: ``"flat"`` (exact inner-product search), ``"hnsw"`` (approximate, re-scored exactly),
             ``"exact"`` (no FAISS: score the whole catalog), or ``"auto"``: HNSW from
-            ``AUTO_HNSW_THRESHOLD`` items, flat below; models without an inner-product form are
-            always scored exactly.
+            ``AUTO_HNSW_THRESHOLD`` items (``plural.query.store``'s), flat below; models without a
+            retrieval form are always scored exactly.
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth (raised to the number of items retrieved).
         margin: extra items retrieved beyond ``n`` and the exclusions, to be re-scored exactly.
 
     Attributes:
         item_ids: the ``n_items`` ids, in catalog order.
-        form: ``"linear"``, ``"ideal_point"`` or None (exact scoring).
+        form: ``"linear"`` (inner product), ``"ideal_point"`` (squared distance) or None (exact
+            scoring); see :data:`FORM_LABELS`.
         index_kind: ``"flat"``, ``"hnsw"`` or ``"exact"``.
 
     Example:
@@ -116,14 +108,15 @@ class ItemIndex:
         self._features = torch.from_numpy(features).to(device)
         self._model_index = None if ids is None else model.item_index(ids).to(device)
         self.user_dim = self._user_dim()
-        self.form = retrieval_form(model)
+        self._form: RetrievalForm | None = model.retrieval_form()
         self._phi = self._bias = None
-        if self.form is not None:
+        if self._form is not None:
             self._phi, self._bias = self._representations()
             if not self._form_holds():
-                logger.warning("%s looks %s-shaped but its scores do not match that form; scoring it "
-                               "exactly", type(model).__name__, self.form)
-                self.form = None
+                logger.warning("%s declares a %s retrieval form but its rewards do not match it; scoring "
+                               "it exactly", type(model).__name__, self._form.kind)
+                self._form = self._phi = self._bias = None
+        self.form = None if self._form is None else FORM_LABELS[self._form.kind]
         if self.form is None or index == "exact":
             self.index_kind = "exact"
             self._index = None
@@ -149,58 +142,64 @@ class ItemIndex:
         return features, ids
 
     def _user_dim(self) -> int | None:
-        if isinstance(self.model, LatentUserModel):
-            return self.model.user_dim
         try:
-            return int(self.model.population_state().vector.numel())
+            return int(self.model.user_dim)
         except NotImplementedError:
             return None
 
     def _representations(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``phi (n, h)`` and ``bias (n,)`` of every item, on the model's device."""
+        """The form's item vectors ``(n, h)`` and biases ``(n,)``, on the model's device."""
         phis, biases = [], []
         with inference(self.model):
             for start in range(0, len(self), _CHUNK):
                 idx = None if self._model_index is None else self._model_index[start:start + _CHUNK]
-                phi, bias = self.model.items(self._features[start:start + _CHUNK], idx)
+                phi, bias = self._form.items(self._features[start:start + _CHUNK], idx)
                 phis.append(phi)
                 biases.append(bias)
         return torch.cat(phis), torch.cat(biases)
 
+    def _user_query(self, u: torch.Tensor) -> torch.Tensor:
+        """The form's query ``(h,)`` of a user with vector ``u (K,)``, like the item vectors."""
+        with inference(self.model):
+            return self._form.query(u.to(self._phi.device, self._phi.dtype)).to(self._phi.dtype)
+
     def _query(self, u: torch.Tensor) -> np.ndarray:
         """The ``(1, h + 1)`` float32 FAISS query of a user with vector ``u (K,)``."""
-        with inference(self.model):
-            u = u.to(self._phi.device, self._phi.dtype)
-            if self.form == "linear":
-                direction = self.model.population_weight + self.model.basis @ u
-            else:
-                direction = 2 * self.model.ideal_point(u)
+        with torch.no_grad():
+            direction = self._user_query(u)
+            if self._form.kind == SQUARED_DISTANCE:
+                direction = 2 * direction
             q = torch.cat([direction, direction.new_ones(1)])
         return np.ascontiguousarray(q.float().cpu().numpy().reshape(1, -1))
 
     def _item_vectors(self) -> np.ndarray:
         """``(n, h + 1)`` float32 vectors whose inner product with :meth:`_query` ranks as the reward."""
         with torch.no_grad():
-            last = self._bias if self.form == "linear" else self._bias - self._phi.pow(2).sum(-1)
+            last = self._bias if self._form.kind == INNER_PRODUCT else self._bias - self._phi.pow(2).sum(-1)
             x = torch.cat([self._phi, last.unsqueeze(-1)], dim=1)
         return np.ascontiguousarray(x.float().cpu().numpy())
 
     def _form_holds(self) -> bool:
-        """Do inner products with :meth:`_query` equal the reward up to a per-user constant?"""
+        """On random users, does the form give ``model.reward``'s scores, and do inner products with
+        :meth:`_query` equal them up to a per-user constant?"""
         rows = torch.arange(min(len(self), 256), device=self._phi.device)
         vectors = torch.from_numpy(self._item_vectors()[rows.cpu().numpy()]).double()
+        idx = None if self._model_index is None else self._model_index[rows]
         gen = torch.Generator().manual_seed(0)
         for u in [torch.zeros(self.user_dim)] + [torch.randn(self.user_dim, generator=gen) for _ in range(3)]:
-            exact = self._exact(rows, UserState(vector=u)).double().cpu()
-            via = vectors @ torch.from_numpy(self._query(u)[0]).double()
-            gap = via - exact
+            with inference(self.model):
+                exact = self.model.reward(self._features[rows], UserState(vector=u), idx).double().cpu()
             scale = 1e-3 * (1.0 + exact.abs().max())
+            formed = self._exact(rows, UserState(vector=u)).double().cpu()
+            if float((formed - exact).abs().max()) > scale:
+                return False
+            gap = vectors @ torch.from_numpy(self._query(u)[0]).double() - exact
             if float(gap.max() - gap.min()) > scale:
                 return False
         return True
 
     def _build_index(self, vectors: np.ndarray):
-        faiss = _faiss()
+        faiss = import_faiss()
         dim = vectors.shape[1]
         if self.index_kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
@@ -255,12 +254,11 @@ class ItemIndex:
         """Model scores of the items at ``rows`` (all items for None), as ``model.reward`` gives them."""
         model = self.model
         with inference(model):
-            if self._phi is not None:  # latent model: reuse the precomputed representations
+            if self._form is not None:  # the form's own formula over the precomputed item vectors
                 phi = self._phi if rows is None else self._phi[rows]
                 bias = self._bias if rows is None else self._bias[rows]
-                vec = (torch.zeros(self.user_dim, device=phi.device, dtype=phi.dtype) if state is None
-                       else state.vector.to(phi.device, phi.dtype))
-                return model.score(phi, bias, vec.expand(len(phi), -1))
+                vec = torch.zeros(self.user_dim) if state is None else state.vector
+                return self._form.score(phi, bias, self._user_query(vec))
             x = self._features if rows is None else self._features[rows]
             idx = self._model_index
             if idx is not None and rows is not None:
@@ -349,7 +347,7 @@ class ItemIndex:
 
     def _top_retrieved(self, state: UserState | None, n: int, excluded: np.ndarray, wanted: int
                        ) -> list[tuple[Any, float]]:
-        faiss = _faiss()
+        faiss = import_faiss()
         u = torch.zeros(self.user_dim) if state is None else state.vector
         query = self._query(u)
         k = n + len(excluded) + max(self.margin, n)

@@ -1,8 +1,18 @@
 """Training: a LightningDataModule over comparisons and :func:`fit`, which wires ``pl.Trainer``.
 
-CPU by default, the GPU when one is present (``accelerator="auto"``), early stopping on validation
-log-loss with the best weights restored, seeded. Trainer options (``devices``, ``strategy``,
-``precision``, ...) pass through, so the same call runs on Lightning's DDP.
+One device by default, the one :func:`plural.core.device.resolve_device` names (``$PLURAL_DEVICE``,
+else CUDA when available, else CPU), early stopping on validation log-loss with the best weights
+restored, seeded and deterministic. Trainer options (``devices``, ``strategy``, ``precision``, ...) pass
+through, so the same call runs on Lightning's DDP; or pass a configured ``pl.Trainer``.
+
+What is specific to :func:`fit`: the validation hold-out, early stopping (at least the model's
+``min_patience``, after its ``first_selectable_epoch``), :class:`RestoreBestWeights` and
+``fit_report_``. Everything else a model does at the end of training runs in its Lightning hooks
+(``on_fit_start``, ``on_train_end``, ``on_fit_end``: the latent-user models' recentring, the EM
+mixture's last E-step, VPL's user encodings, ``item_winrate``'s counts), so a model trained with
+``trainer.fit(model, datamodule=PreferenceDataModule(...))`` ends in the state :func:`fit` leaves it
+in (with the last epoch's weights instead of the best, unless the trainer has a
+:class:`RestoreBestWeights` callback).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 
 from plural.core.batch import ComparisonDataset, identity_collate
+from plural.core.device import resolve_device
 from plural.data.container import PreferenceData
 from plural.core.model import PreferenceModel
 
@@ -76,6 +87,23 @@ class RestoreBestWeights(pl.Callback):
             pl_module.load_state_dict(self._best_state)
 
 
+def resolve_trainer_device(accelerator: str | None = None, devices: int | str | list | None = None
+                           ) -> tuple[str, int | str | list]:
+    """``(accelerator, devices)`` for ``pl.Trainer``: one device unless ``devices`` asks for more.
+
+    Without an ``accelerator``, its type is :func:`plural.core.device.resolve_device`'s
+    (``$PLURAL_DEVICE``, else CUDA when available, else CPU), and a device it names by index
+    (``"cuda:1"``) is the one used. Lightning's own ``"auto"`` would take every GPU of the host (and
+    DDP over them) for a tiny model; ``devices="auto"`` or a count asks for that explicitly.
+    """
+    if accelerator is None:
+        device = resolve_device()
+        accelerator = device.type
+        if devices is None and device.index is not None:
+            devices = [device.index]
+    return accelerator, 1 if devices is None else devices
+
+
 def fit(
     model: PreferenceModel,
     data: PreferenceData,
@@ -88,11 +116,13 @@ def fit(
     batch_size: int = 256,
     patience: int = 3,
     random_state: int = 0,
-    accelerator: str = "auto",
-    devices: int | str = "auto",
-    strategy: str = "auto",
+    accelerator: str | None = None,
+    devices: int | str | list | None = None,
+    strategy: str | None = None,
     precision: str | int | None = None,
+    deterministic: bool | str = True,
     show_progress: bool = True,
+    trainer: pl.Trainer | None = None,
     **trainer_kwargs,
 ) -> PreferenceModel:
     """Train ``model`` on comparisons of ``data`` and return it, fitted.
@@ -106,16 +136,38 @@ def fit(
             ``train_rows`` is held out at random (seeded). Pass an empty array to disable.
         max_epochs, batch_size, patience: the usual; ``patience`` epochs without improvement of
             validation log-loss stop training (at least ``model.min_patience``), and the best
-            weights are restored.
+            weights are restored (:class:`RestoreBestWeights`).
         random_state: seeds weights, shuffling and the validation draw.
-        accelerator, devices, strategy, precision, **trainer_kwargs: passed to ``pl.Trainer``
-            (e.g. ``strategy="ddp", devices=2``).
+        accelerator, devices: where to train (:func:`resolve_trainer_device`): by default one device,
+            of the type :func:`plural.core.device.resolve_device` gives; ``devices=2`` or ``"auto"``
+            (every device of the accelerator) for more.
+        strategy: Lightning's strategy (``"auto"`` by default; ``"ddp"`` with ``devices=2``, ...).
+        precision, **trainer_kwargs: passed to ``pl.Trainer``.
+        deterministic: passed to ``pl.Trainer`` (True: a seed repeats a fit bit for bit; False or
+            ``"warn"`` allows faster nondeterministic kernels).
+        show_progress: a progress bar.
+        trainer: a configured ``pl.Trainer`` to fit with instead of the one built from the options
+            above, which must then be left unset: ``fit`` still splits the data, seeds, builds the model
+            and reports, but training (epochs, callbacks, early stopping, devices) is the trainer's;
+            add a :class:`RestoreBestWeights` to its callbacks to end on the best weights.
+
+    A model with no trainable parameters (``item_winrate``) is fitted by its hooks alone: no epochs,
+    no optimizer step, and no validation rows held out (there is nothing to select).
 
     Returns:
         ``model``, trained; ``model.fit_report_`` holds epochs, best validation loss and seconds.
     """
     if not isinstance(data, PreferenceData):
         raise TypeError(f"data must be a PreferenceData, got {type(data).__name__}")
+    if trainer is not None:
+        if not isinstance(trainer, pl.Trainer):
+            raise TypeError(f"trainer must be a pytorch_lightning.Trainer, got {type(trainer).__name__}")
+        given = {"accelerator": accelerator, "devices": devices, "strategy": strategy, "precision": precision}
+        given = [k for k, v in given.items() if v is not None] + (["deterministic"] if deterministic is not True else [])
+        given += sorted(trainer_kwargs)
+        if given:
+            raise ValueError(f"fit got a trainer and trainer options ({', '.join(given)}): configure the "
+                             "trainer itself")
     from plural.data.encoders import ensure_features
 
     data = ensure_features(data, encoder)
@@ -123,6 +175,7 @@ def fit(
     train_rows = np.arange(len(data)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
     if len(train_rows) == 0:
         raise ValueError("no training comparisons")
+    all_rows, drawn = train_rows, val_rows is None
     if val_rows is None:
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
@@ -132,38 +185,52 @@ def fit(
     val_rows = np.asarray(val_rows, dtype=np.int64)
 
     pl.seed_everything(random_state, workers=True, verbose=False)
-    if not model.is_built:
+    built_here = not model.is_built
+    if built_here:
         model.build_for(data, train_rows)
     elif model.feature_dim_ != data.feature_dim:
         raise ValueError(f"model was built for {model.feature_dim_}-d features, data has {data.feature_dim}")
+    closed_form = not model.has_trainable_parameters
+    if closed_form:  # nothing to select: every training row counts, none is held out
+        if drawn:
+            train_rows = all_rows
+            if built_here:
+                model.build_for(data, train_rows)
+        val_rows = np.empty(0, dtype=np.int64)
 
     dm = PreferenceDataModule(data, train_rows, val_rows, model, batch_size, random_state)
-    callbacks = list(trainer_kwargs.pop("callbacks", []))
     restore = None
-    if dm.val_set is not None:
-        start = model.first_selectable_epoch()
-        restore = RestoreBestWeights("val_loss", start_epoch=start)
-        trainer_kwargs.setdefault("min_epochs", min(start + 1, max_epochs))
-        wait = max(patience, model.min_patience)
-        callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=wait, mode="min"), restore]
-    if show_progress:
-        callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())
-    kwargs = dict(max_epochs=max_epochs, accelerator=accelerator, devices=devices, strategy=strategy,
-                  callbacks=callbacks, logger=False, enable_checkpointing=False,
-                  enable_progress_bar=show_progress, enable_model_summary=False,
-                  deterministic=True, num_sanity_val_steps=0)
-    if precision is not None:
-        kwargs["precision"] = precision
-    kwargs.update(trainer_kwargs)
-    trainer = pl.Trainer(**kwargs)
+    if trainer is None:
+        callbacks = list(trainer_kwargs.pop("callbacks", []))
+        if dm.val_set is not None:
+            start = model.first_selectable_epoch()
+            restore = RestoreBestWeights("val_loss", start_epoch=start)
+            trainer_kwargs.setdefault("min_epochs", min(start + 1, max_epochs))
+            wait = max(patience, model.min_patience)
+            callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=wait, mode="min"), restore]
+        if show_progress:
+            callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())
+        accelerator, devices = resolve_trainer_device(accelerator, devices)
+        kwargs = dict(max_epochs=0 if closed_form else max_epochs, accelerator=accelerator, devices=devices,
+                      strategy="auto" if strategy is None else strategy,
+                      callbacks=callbacks, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=show_progress, enable_model_summary=False,
+                      deterministic=deterministic, num_sanity_val_steps=0)
+        if precision is not None:
+            kwargs["precision"] = precision
+        kwargs.update(trainer_kwargs)
+        trainer = pl.Trainer(**kwargs)
+    else:
+        restore = next((c for c in trainer.callbacks if isinstance(c, RestoreBestWeights)), None)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        if closed_form:
+            warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.*")
         trainer.fit(model, datamodule=dm)
     seconds = time.perf_counter() - start
     model.eval()
-    model.on_fit_complete()
     model.fit_report_ = {
         "epochs": int(trainer.current_epoch),
         "best_epoch": None if restore is None else restore.best_epoch,

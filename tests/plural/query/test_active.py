@@ -110,8 +110,8 @@ def test_targeted_criterion_is_the_drop_in_target_margin_variance(setup):
     assert score.shape == (len(episodes[0].support_pool),) and (score >= 0).all()
     # explicit rank-one update for the best candidate, Fisher weights by Monte-Carlo over the margin
     with torch.no_grad():
-        jc = model._support_margins(candidates)(state.vector.double())[1]
-        mt, jt = model._support_margins(targets)(state.vector.double())
+        jc = model.support_margins(candidates)(state.vector.double())[1]
+        mt, jt = model.support_margins(targets)(state.vector.double())
     cov = state.covariance.double()
     gen = torch.Generator().manual_seed(0)
 
@@ -119,7 +119,7 @@ def test_targeted_criterion_is_the_drop_in_target_margin_variance(setup):
         s = torch.sigmoid(mean + var.sqrt() * torch.randn(200_000, len(mean), generator=gen, dtype=torch.float64))
         return (s * (1 - s)).mean(0)
 
-    mc = model._support_margins(candidates)(state.vector.double())[0]
+    mc = model.support_margins(candidates)(state.vector.double())[0]
     i = int(score.argmax())
     j = jc[i]
     lam = fisher(mc[i:i + 1], (j @ cov @ j).reshape(1))[0]

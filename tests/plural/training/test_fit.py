@@ -177,3 +177,92 @@ def test_a_model_can_ask_for_more_patience_than_fit_was_given(monkeypatch, plant
         data, patience=2, max_epochs=1, show_progress=False)
     make_model("bradley_terry", hidden_dim=8).fit(data, patience=2, max_epochs=1, show_progress=False)
     assert patience == [8, 2]
+
+
+class _TrainerSpy:
+    """Records the options ``plural.fit`` builds its ``pl.Trainer`` with."""
+
+    def __init__(self, monkeypatch):
+        import pytorch_lightning as pl
+
+        self.kwargs = []
+        spy = self
+        original = pl.Trainer
+
+        class Trainer(original):
+            def __init__(self, *args, **kwargs):
+                spy.kwargs.append(kwargs)
+                super().__init__(*args, **kwargs)
+
+        monkeypatch.setattr(pl, "Trainer", Trainer)
+
+
+def test_training_defaults_to_one_device_named_by_resolve_device(monkeypatch, planted):
+    from plural.training import fit as fit_module
+
+    data = planted[0]
+    spy = _TrainerSpy(monkeypatch)
+    monkeypatch.setenv("PLURAL_DEVICE", "cpu")
+    make_model("bradley_terry", hidden_dim=8).fit(data, max_epochs=1, show_progress=False)
+    assert {k: spy.kwargs[-1][k] for k in ("accelerator", "devices", "strategy", "deterministic")} == \
+        {"accelerator": "cpu", "devices": 1, "strategy": "auto", "deterministic": True}
+    # on a host with GPUs: the one resolve_device names, not Lightning's "auto" (DDP over all of them)
+    monkeypatch.setattr(fit_module, "resolve_device", lambda device=None: torch.device("cuda", 1))
+    assert fit_module.resolve_trainer_device() == ("cuda", [1])
+    monkeypatch.setattr(fit_module, "resolve_device", lambda device=None: torch.device("cuda"))
+    assert fit_module.resolve_trainer_device() == ("cuda", 1)
+    assert fit_module.resolve_trainer_device(devices=2) == ("cuda", 2)  # more only when asked
+    assert fit_module.resolve_trainer_device("cpu", "auto") == ("cpu", "auto")
+
+
+def test_deterministic_is_a_fit_option(monkeypatch, planted):
+    import inspect
+
+    from plural.training.fit import fit
+
+    assert inspect.signature(fit).parameters["deterministic"].default is True
+    spy = _TrainerSpy(monkeypatch)
+    make_model("bradley_terry", hidden_dim=8).fit(planted[0], max_epochs=1, show_progress=False,
+                                                  deterministic=False)
+    assert spy.kwargs[-1]["deterministic"] is False
+
+
+def test_fit_accepts_a_configured_trainer(planted):
+    import pytorch_lightning as pl
+
+    from plural.training.fit import RestoreBestWeights, fit
+
+    data = planted[0]
+    restore = RestoreBestWeights()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[restore])
+    model = fit(make_model("low_rank", hidden_dim=8, item_dim=4, n_components=2), data, trainer=trainer,
+                val_rows=np.arange(200), train_rows=np.arange(200, 1200))
+    assert model.trainer is trainer and model.fit_report_["epochs"] == 2
+    assert model.fit_report_["best_epoch"] == restore.best_epoch is not None
+    assert model.user_states().mean(0).abs().max() < 1e-5  # the end of training ran (recentring)
+    with pytest.raises(ValueError, match="got a trainer and trainer options \\(devices, precision\\)"):
+        fit(make_model("bradley_terry"), data, trainer=trainer, devices=2, precision=16)
+    with pytest.raises(TypeError, match="pytorch_lightning.Trainer"):
+        fit(make_model("bradley_terry"), data, trainer="gpu")
+
+
+def test_a_model_without_trainable_parameters_is_fitted_by_plural_fit(planted):
+    from plural.training.fit import fit
+
+    data = planted[0]
+    model = fit(make_model("item_winrate"), data, show_progress=False)  # "empty parameter list" before
+    assert not model.has_trainable_parameters
+    rep = model.fit_report_
+    assert rep["epochs"] == 0 and rep["n_train"] == len(data) and rep["n_val"] == 0  # nothing held out
+    y, w, n = data.label.astype(np.float64), data.weight.astype(np.float64), data.n_items
+    wins = np.bincount(data.item_a, y * w, n) + np.bincount(data.item_b, (1 - y) * w, n)
+    losses = np.bincount(data.item_a, (1 - y) * w, n) + np.bincount(data.item_b, y * w, n)
+    seen = wins + losses > 0
+    expected = np.where(seen, np.log((wins + 1.0) / (losses + 1.0)), 0.0)
+    x = torch.from_numpy(data.item_features)
+    np.testing.assert_allclose(model.reward(x, None, model.item_index(data.item_ids)).numpy(), expected, rtol=1e-6)
+    rows = np.arange(500)
+    again = make_model("item_winrate").fit(data, train_rows=rows, val_rows=np.arange(500, 600), show_progress=False)
+    assert again.fit_report_["n_train"] == 500 and again.fit_report_["n_val"] == 0
+    assert float(again.wins.sum() + again.losses.sum()) == pytest.approx(2 * float(data.weight[rows].sum()))
