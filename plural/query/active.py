@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from plural.core.latent import inference
-from plural.core.likelihood import preference_probability
+from plural.core.likelihood import preference_probability, score_and_information
 from plural.core.model import PreferenceModel, UserState
 
 logger = logging.getLogger(__name__)
@@ -204,9 +204,7 @@ def _fisher_weight(mean: torch.Tensor, variance: torch.Tensor, noise_rate: float
     under ``m ~ N(mean, variance)`` (``sigmoid' = s (1 - s)`` without label noise)."""
     def fisher(m):
         s = torch.sigmoid(m)
-        p = preference_probability(m, noise_rate)
-        dp = (1 - 2 * noise_rate) * s * (1 - s)
-        return dp * dp / (p * (1 - p)).clamp_min(1e-300)
+        return score_and_information(s, torch.zeros_like(s), noise_rate)[1]  # information needs no label
     return _gaussian_expectations(mean.double(), variance.double().clamp_min(0).sqrt(), (fisher,), N_NODES)[0]
 
 

@@ -20,7 +20,8 @@ import logging
 import numpy as np
 import torch
 
-from plural.core.laplace import stable_sigmoid
+from plural.core.laplace import newton_map, stable_sigmoid
+from plural.core.likelihood import label_log_likelihood, score_and_information
 from plural.core.latent import inference, support_weight
 from plural.core.model import PreferenceModel, UserState
 from plural.query.store import UserStore, model_fingerprint
@@ -148,7 +149,8 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     elif len(store) <= exhaustive_below:
         ids = store.user_ids
     else:
-        query = (jac.T @ (weight * (label - stable_sigmoid(m0))))[None].astype(np.float32)
+        score = score_and_information(stable_sigmoid(m0), label, model.likelihood_noise_rate)[0]
+        query = (jac.T @ (weight * score))[None].astype(np.float32)
         ids = store.search(query, n_neighbors)[0][0]
     if not ids:
         state = model.adapt(support)
@@ -168,7 +170,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
         [[0.0], np.full(len(ids), 2 * k * np.log(bandwidth))])
     # margins are linear in u for low_rank; otherwise this linearises them at the population
     mean, cov, post = _mixture_posterior(m0, jac, label, weight, centres, precisions, log_det_cov, log_mass,
-                                         model.config.adapt_steps)
+                                         model.config.adapt_steps, noise_rate=model.likelihood_noise_rate)
     state = UserState(vector=torch.from_numpy(mean).float(), covariance=torch.from_numpy(cov).float(),
                       n_comparisons=n)
     if return_neighbors:
@@ -190,25 +192,16 @@ def _context_group(model: PreferenceModel, store: UserStore, support: dict, larg
 
 
 def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
-                       precisions: np.ndarray, log_det_cov: np.ndarray, log_mass: np.ndarray, n_steps: int):
+                       precisions: np.ndarray, log_det_cov: np.ndarray, log_mass: np.ndarray, n_steps: int,
+                       noise_rate: float = 0.0):
     """Laplace posterior of a Bradley-Terry user vector under a Gaussian-mixture prior, batched
     over the C components: margins ``m0 + jac @ u``; component c is ``N(centres[c], precisions[c]^-1)``
     (``(C, K, K)``; ``log_det_cov[c]`` the log-determinant of its covariance) with prior mass
-    ``exp(log_mass[c])``. Returns ``(mean (K,), covariance (K, K), weights (C,))``."""
-    u = centres.copy()
-    for _ in range(max(n_steps, 1)):
-        m = m0 + u @ jac.T                                                 # (C, k)
-        s = stable_sigmoid(m)
-        grad = (w * (y - s)) @ jac - np.einsum("cab,cb->ca", precisions, u - centres)
-        hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
-        step = np.linalg.solve(hess, grad[..., None])[..., 0]
-        u = u + step
-        if np.abs(step).max() < 1e-6:
-            break
-    m = m0 + u @ jac.T
-    s = stable_sigmoid(m)
-    hess = precisions + np.einsum("ck,ka,kb->cab", w * s * (1 - s), jac, jac)
-    loglik = (w * (y * -np.logaddexp(0, -m) + (1 - y) * -np.logaddexp(0, m))).sum(1)
+    ``exp(log_mass[c])``; the likelihood is the model's, label noise included. Returns
+    ``(mean (K,), covariance (K, K), weights (C,))``."""
+    u, hess = newton_map(lambda v: (m0 + v @ jac.T, jac), y, w, centres, precisions, centres,
+                         max(n_steps, 1), noise_rate=noise_rate)
+    loglik = (w * label_log_likelihood(m0 + u @ jac.T, y, noise_rate)).sum(1)
     d = u - centres
     log_prior = -0.5 * np.einsum("ca,cab,cb->c", d, precisions, d) - 0.5 * log_det_cov
     log_evidence = log_mass + loglik + log_prior - 0.5 * np.linalg.slogdet(hess)[1]

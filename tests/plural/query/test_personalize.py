@@ -186,3 +186,23 @@ def test_user_contexts_survive_a_checkpoint_and_are_checked(in_two_contexts, tmp
     assert load_model(tmp_path / "m").user_contexts_ == model.user_contexts_
     with pytest.raises(ValueError, match="unknown"):
         make_model("low_rank").build(4, ["a"], ["i"], ["even"], [3], [["odd"]])
+
+
+def test_personalize_and_adapt_share_the_noisy_likelihood(setup):
+    # with a label-noise rate the likelihood changes; personalize (all mass on the population) must
+    # still give adapt's posterior, so both use the same noisy Bradley-Terry likelihood
+    import copy
+
+    _, data, fitted, episodes = setup
+    model = copy.deepcopy(fitted)
+    model.config = dataclasses.replace(model.config, noise_rate=0.25)
+    store = build_user_store(model)
+    clean = fitted.adapt(comparison_batch(data, episodes[0].support(8), fitted))
+    for ep in episodes[:5]:
+        support = comparison_batch(data, ep.support(8), model)
+        mixed = personalize(model, store, support, shrinkage=1.0)
+        plain = model.adapt(support)
+        torch.testing.assert_close(mixed.vector, plain.vector, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mixed.covariance, plain.covariance, atol=1e-4, rtol=1e-4)
+    noisy = model.adapt(comparison_batch(data, episodes[0].support(8), model))
+    assert not torch.allclose(noisy.vector, clean.vector, atol=1e-3)  # the noise rate matters
