@@ -152,15 +152,14 @@ class StorePersistence:
                     model_fingerprint=manifest["model_fingerprint"], hnsw_m=manifest.get("hnsw_m", 32),
                     hnsw_ef_search=manifest.get("hnsw_ef_search", 64),
                     hnsw_ef_construction=manifest.get("hnsw_ef_construction"), use_gpu=use_gpu)
-        store._adopt(index, rows, names, counts, updated, extra)
-        store._covariances = covariances
-        if len(store._int_of) != len(names):
+        cls._adopt(store, index, rows, names, counts, updated, extra, covariances)
+        if len(store) != len(names):
             raise StoreError(f"{path} is corrupt: a user id appears twice")
         store.created_at, store.updated_at = manifest["created_at"], manifest["updated_at"]
         return store
 
     def _adopt(self, index, rows: np.ndarray, names: np.ndarray, counts: np.ndarray, updated: np.ndarray,
-               extra: dict[str, dict]) -> None:
+               extra: dict[str, dict], covariances: dict[str, np.ndarray]) -> None:
         """Take over a CPU ``index`` whose rows ``rows`` (ascending) hold the users ``names`` (object array)."""
         n_rows, n = index.ntotal, len(names)
         if self._can_remove and n < n_rows:  # a flat index saved from a GPU store: drop its tombstones
@@ -183,6 +182,7 @@ class StorePersistence:
             self._updated_at = np.zeros(n_rows, dtype=np.float64)
             self._updated_at[rows] = updated
         self._extra = extra
+        self._covariances = covariances
         self._next_id = n_rows
         self._n_tombstones = 0 if self._can_remove else n_rows - len(rows)
         if self._row_ids is not None:
