@@ -18,7 +18,10 @@ that fails the check is scored exactly.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
@@ -27,8 +30,10 @@ import torch
 from plural.data.container import PreferenceData
 from plural.core.latent import inference
 from plural.core.model import INNER_PRODUCT, SQUARED_DISTANCE, PreferenceModel, RetrievalForm, UserState
-from plural.query.store import AUTO_HNSW_THRESHOLD
+from plural.query.store import AUTO_HNSW_THRESHOLD, UserStore
 from plural.query.store_files import import_faiss
+from plural.core.fingerprint import model_fingerprint
+from plural.training import saved_dir
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +72,11 @@ class ItemIndex:
         hnsw_m: HNSW graph degree.
         ef_search: HNSW search breadth (raised to the number of items retrieved).
         margin: extra items retrieved beyond ``n`` and the exclusions, to be re-scored exactly.
+        store: a :class:`~plural.query.store.UserStore` of this model's users: a user id given to
+            ``score``/``rank``/``top_n`` is looked up there first (with its covariance), so users
+            added after training (e.g. by a service) are served too; training users otherwise.
+        prebuilt_index: a FAISS index over exactly these items' retrieval vectors (what
+            :meth:`load` passes), used instead of building one.
 
     Attributes:
         item_ids: the ``n_items`` ids, in catalog order.
@@ -82,7 +92,8 @@ class ItemIndex:
     """
 
     def __init__(self, model: PreferenceModel, items: PreferenceData | Any, item_ids: Sequence | None = None,
-                 index: str = "auto", *, hnsw_m: int = 32, ef_search: int = 128, margin: int = 32) -> None:
+                 index: str = "auto", *, hnsw_m: int = 32, ef_search: int = 128, margin: int = 32,
+                 store: UserStore | None = None, prebuilt_index: Any = None) -> None:
         if index not in _INDEX_KINDS:
             raise ValueError(f"index must be one of {_INDEX_KINDS}, got {index!r}")
         if hnsw_m < 2 or ef_search < 1 or margin < 0:
@@ -104,6 +115,10 @@ class ItemIndex:
             dup = next(i for i in self.item_ids if i in seen or seen.add(i))
             raise ValueError(f"item id {dup!r} appears twice")
         self.hnsw_m, self.ef_search, self.margin = int(hnsw_m), int(ef_search), int(margin)
+        self.store = store
+        if store is not None and self._user_dim_of(model) not in (None, store.dim):
+            raise ValueError(f"store holds {store.dim}-d vectors but {type(model).__name__} has "
+                             f"{self._user_dim_of(model)}-d users")
         device = model.device
         self._features = torch.from_numpy(features).to(device)
         self._model_index = None if ids is None else model.item_index(ids).to(device)
@@ -123,7 +138,9 @@ class ItemIndex:
         else:
             self.index_kind = index if index != "auto" else (
                 "hnsw" if len(self) >= AUTO_HNSW_THRESHOLD else "flat")
-            self._index = self._build_index(self._item_vectors())
+            vectors = self._item_vectors()
+            self._index = self._build_index(vectors) if prebuilt_index is None else self._checked_index(
+                prebuilt_index, vectors)
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -141,11 +158,26 @@ class ItemIndex:
             raise ValueError(f"got {len(ids)} item ids for {len(features)} feature rows")
         return features, ids
 
-    def _user_dim(self) -> int | None:
+    @staticmethod
+    def _user_dim_of(model: PreferenceModel) -> int | None:
         try:
-            return int(self.model.user_dim)
+            return int(model.user_dim)
         except NotImplementedError:
             return None
+
+    def _user_dim(self) -> int | None:
+        return self._user_dim_of(self.model)
+
+    def _checked_index(self, index, vectors: np.ndarray):
+        """``index`` if it holds these items' vectors in catalog order (checked on up to 256 rows)."""
+        if index.ntotal != len(vectors) or index.d != vectors.shape[1]:
+            raise ValueError(f"the saved index holds {index.ntotal} x {index.d} vectors, the catalog "
+                             f"{vectors.shape[0]} x {vectors.shape[1]}")
+        rows = np.linspace(0, len(vectors) - 1, min(len(vectors), 256)).astype(np.int64)
+        saved = index.reconstruct_batch(rows)
+        if not np.allclose(saved, vectors[rows], atol=1e-4, rtol=1e-4):
+            raise ValueError("the saved index's vectors are not this model's for these items")
+        return index
 
     def _representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The form's item vectors ``(n, h)`` and biases ``(n,)``, on the model's device."""
@@ -215,9 +247,15 @@ class ItemIndex:
         if user is None:
             return None
         if isinstance(user, str):
+            if self.store is not None and user in self.store:
+                covariance = self.store.get_covariance(user)[0]
+                return UserState(vector=torch.from_numpy(self.store.get(user)[0]), user_id=user,
+                                 covariance=None if covariance is None else torch.from_numpy(covariance))
             row = int(self.model.user_index([user])[0])
             if row < 0:
-                raise ValueError(f"unknown user id {user!r}: not seen in training; adapt a state for them instead")
+                where = "in the store or " if self.store is not None else ""
+                raise ValueError(f"unknown user id {user!r}: not {where}seen in training; adapt a state for "
+                                 "them instead")
             return UserState(vector=self.model.user_states()[row].detach().cpu(), user_id=user)
         if not isinstance(user, UserState):
             if isinstance(user, (np.ndarray, torch.Tensor, list, tuple)):
@@ -284,8 +322,8 @@ class ItemIndex:
                 f"form={self.form!r}, index={self.index_kind!r})")
 
     def score(self, user: UserState | str | None = None) -> np.ndarray:
-        """Exact scores ``(n_items,)`` of every item for ``user`` (a :class:`UserState`, a seen user's
-        id, or None for the population reward), in catalog order."""
+        """Exact scores ``(n_items,)`` of every item for ``user`` (a :class:`UserState`, a stored or
+        seen user's id, or None for the population reward), in catalog order."""
         state = self._state(user)
         return self._exact(None, state).float().cpu().numpy()
 
@@ -310,7 +348,7 @@ class ItemIndex:
         """The ``n`` best items for ``user``, best first, as ``(item_id, score)`` pairs.
 
         Args:
-            user: a :class:`UserState`, a seen user's id, or None for the population reward.
+            user: a :class:`UserState`, a stored or seen user's id, or None for the population reward.
             n: how many items; fewer come back only when fewer than ``n`` items are eligible.
             exclude: item ids never to return (e.g. the items the user already judged).
             candidates: if given, recommend only among these item ids.
@@ -365,3 +403,76 @@ class ItemIndex:
             if k >= len(self):  # the approximate index could not reach enough items
                 return self._top_exact(state, n, excluded)
             k *= 2
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the catalog to the directory ``path`` (through ``plural.training.saved_dir``:
+        atomic, fsynced, checksummed): ``item_index.json`` (format version, the model's
+        fingerprint, the item ids, the index settings), ``features.npy`` and, for a searched index,
+        ``index.faiss``, so :meth:`load` skips rebuilding it.
+
+        Raises:
+            ValueError: an item id is not a str or int (ids are saved as JSON).
+            FileExistsError: ``path`` holds files that are not a saved item index and ``overwrite``
+                is False.
+        """
+        bad = next((i for i in self.item_ids if isinstance(i, bool) or not isinstance(i, (str, int))), None)
+        if bad is not None:
+            raise ValueError(f"item ids must be str or int to be saved, got {type(bad).__name__} {bad!r}")
+        faiss = import_faiss()
+        meta = {"format_version": ITEM_INDEX_VERSION, "model": self.model.name,
+                "model_fingerprint": model_fingerprint(self.model), "item_ids": list(self.item_ids),
+                "named": self._model_index is not None, "index": self.index_kind, "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search, "margin": self.margin}
+        features = self._features.float().cpu().numpy()
+
+        def fill(tmp: Path) -> None:
+            np.save(tmp / "features.npy", features, allow_pickle=False)
+            if self._index is not None:
+                faiss.write_index(self._index, str(tmp / "index.faiss"))
+            (tmp / ITEM_INDEX_FILE).write_text(json.dumps(meta))
+
+        return saved_dir.write(Path(path), fill, what="a saved ItemIndex", is_kind=_is_item_index,
+                               known_names=(ITEM_INDEX_FILE, "features.npy", "index.faiss"), overwrite=overwrite,
+                               error=ValueError)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: PreferenceModel, *, store: UserStore | None = None) -> "ItemIndex":
+        """An :class:`ItemIndex` saved by :meth:`save`, for ``model`` (the one it was saved with:
+        its fingerprint is checked), its files verified against their checksums.
+
+        Raises:
+            ValueError: missing, altered or inconsistent files, or a save made for another model.
+        """
+        faiss = import_faiss()
+        with saved_dir.reading(Path(path), ITEM_INDEX_FILE, ValueError) as path:
+            recorded = saved_dir.verify(path, ValueError)
+            saved_dir.require(path, (ITEM_INDEX_FILE, "features.npy"), recorded, ValueError)
+            try:
+                meta = json.loads((path / ITEM_INDEX_FILE).read_text())
+                version, ids, kind = meta["format_version"], meta["item_ids"], meta["index"]
+                features = np.load(path / "features.npy", allow_pickle=False)
+                index = faiss.read_index(str(path / "index.faiss")) if (path / "index.faiss").is_file() else None
+            except Exception as err:  # json, numpy and FAISS raise their own types on bad files
+                raise ValueError(f"{path} is not a readable saved ItemIndex: {type(err).__name__}: {err}") from None
+        if version != ITEM_INDEX_VERSION:
+            raise ValueError(f"{path}: item index format version {version!r} is not supported")
+        if meta.get("model_fingerprint") != model_fingerprint(model):
+            raise ValueError(f"{path} was saved for another model ({meta.get('model')!r}, fingerprint "
+                             f"{str(meta.get('model_fingerprint'))[:12]}...); rebuild it with ItemIndex(model, items)")
+        if (kind == "exact") != (index is None) or features.dtype != np.float32 or len(features) != len(ids):
+            raise ValueError(f"{path} is inconsistent: index {kind!r}, {len(ids)} ids, features "
+                             f"{features.shape} {features.dtype}")
+        return cls(model, features, ids if meta.get("named", True) else None, index=kind, hnsw_m=meta["hnsw_m"],
+                   ef_search=meta["ef_search"], margin=meta["margin"], store=store, prebuilt_index=index)
+
+
+ITEM_INDEX_FILE = "item_index.json"
+ITEM_INDEX_VERSION = 1
+
+
+def _is_item_index(path: Path) -> bool:
+    try:
+        return "format_version" in json.loads((path / ITEM_INDEX_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False

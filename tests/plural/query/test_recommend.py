@@ -168,3 +168,48 @@ def test_a_fitted_model_recommends_what_it_scores_highest(planted, fast_fit):
     index = ItemIndex(model, data)
     state = data.user_ids[0]
     assert [i for i, _ in index.top_n(state, n=10)] == _brute_force(model, data, state, 10)[0]
+
+
+@pytest.mark.parametrize("name, index", [("low_rank", "flat"), ("low_rank", "hnsw"), ("ideal_point", "flat"),
+                                         ("bradley_terry", "auto")])
+def test_an_item_index_saves_and_loads(planted, models, tmp_path, name, index):
+    from plural.training.saved_dir import record_checksums
+
+    data, _ = planted
+    model = models[name]
+    built = ItemIndex(model, data, index=index)
+    path = built.save(tmp_path / "items")
+    loaded = ItemIndex.load(path, model)
+    assert (loaded.index_kind, loaded.form, loaded.item_ids) == (built.index_kind, built.form, built.item_ids)
+    for state in _states(model, data):
+        assert loaded.top_n(state, n=7, exclude=data.item_ids[:3]) == built.top_n(state, n=7, exclude=data.item_ids[:3])
+    other = _built(name, data, **(OPTIONS if name != "bradley_terry" else dict(hidden_dim=16)))
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)
+    with pytest.raises(ValueError, match="saved for another model"):
+        ItemIndex.load(path, other)
+    (path / "features.npy").write_bytes(b"\x93NUMPY broken")
+    with pytest.raises(ValueError, match="features.npy is corrupt"):
+        ItemIndex.load(path, model)
+    if built.index_kind != "exact":  # an index that does not hold these items is refused
+        np.save(path / "features.npy", np.asarray(data.item_features[::-1]), allow_pickle=False)
+        record_checksums(path)
+        with pytest.raises(ValueError, match="not this model's"):
+            ItemIndex.load(path, model)
+
+
+def test_a_stored_user_who_was_not_in_training_is_served(planted, models):
+    from plural.query.store import UserStore
+
+    data, _ = planted
+    model = models["low_rank"]
+    store = UserStore(model.user_dim)
+    vector = np.full(model.user_dim, 0.7, dtype=np.float32)
+    store.add(["newcomer"], vector[None], covariances=np.eye(model.user_dim)[None] * 0.1)
+    index = ItemIndex(model, data, store=store)
+    assert index.top_n("newcomer", n=5) == index.top_n(UserState(vector=torch.from_numpy(vector)), n=5)
+    assert index.top_n(data.user_ids[3], n=5) == ItemIndex(model, data).top_n(data.user_ids[3], n=5)
+    with pytest.raises(ValueError, match="not in the store or seen in training"):
+        index.top_n("stranger")
+    with pytest.raises(ValueError, match="store holds 2-d vectors"):
+        ItemIndex(model, data, store=UserStore(2))
