@@ -1,10 +1,15 @@
-"""The benchmark: every model, one protocol (``PROTOCOL.md``), a JSON record and a Markdown table.
+"""The benchmark runner: every model, one protocol (``docs/protocol.md``), a JSON record and a Markdown table.
 
-For each dataset and seed: users split 80/20 into seen and unseen; seen users' comparisons split
-into train / validation / test (item-disjoint for rating-derived data, by comparison for natively
-pairwise data); each model is fitted on the seen users' training comparisons, scored on their test
-comparisons, and on unseen users' few-shot episodes (item-disjoint support and query, k = 0 .. 50),
-with the random-split episodes reported beside them.
+For each dataset and seed the protocol's users and splits come from the library
+(:func:`plural.evaluation.protocol.protocol_split`): users split 80/20 into seen and unseen; seen
+users' comparisons split into train / validation / test (item-disjoint for rating-derived data, by
+comparison for natively pairwise data); each model is fitted on the seen users' training
+comparisons, scored on their test comparisons, and on unseen users' few-shot episodes
+(item-disjoint support and query, k = 0 .. 50), with the random-split episodes reported beside them.
+
+This module is the application around it: worker processes, progress reports (``progress=``
+callbacks, fed from the workers through a queue), ``results.json`` (strict JSON: NaN is written as
+null), ``results.md`` and the plots.
 """
 
 from __future__ import annotations
@@ -12,24 +17,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing
 import os
 import platform
+import queue
 import resource
 import subprocess
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from plural.query.personalize import build_user_store, personalize_fn, supports_retrieval
+from plural.core.model import available_models, make_model, model_class
 from plural.data.container import PreferenceData
-from plural.data.splits import DEFAULT_SHOTS, ComparisonSplit, make_episodes, split_comparisons, split_users
-from plural.evaluation.metrics import evaluate
+from plural.data.splits import DEFAULT_SHOTS, MODES, make_episodes
 from plural.evaluation.fewshot import curve_value, few_shot_curve
-from plural.core.model import available_models, make_model
+from plural.evaluation.metrics import evaluate
+from plural.evaluation.protocol import protocol_split
+from plural.query.personalize import build_user_store, personalize_fn, supports_retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +71,23 @@ class BenchConfig:
     jobs: int = 1
     """Worker processes; each runs one (dataset, seed) at a time with ``cpu_count // jobs`` torch
     threads. The models of one run are small, so processes scale better than threads."""
+    split_mode: str | None = None
+    """``"items"`` or ``"comparisons"`` for every dataset; None: each dataset's own
+    (``plural.evaluation.protocol.default_split_mode``)."""
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs!r}")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
+        if self.split_mode is not None and self.split_mode not in MODES:
+            raise ValueError(f"split_mode must be one of {MODES} or None, got {self.split_mode!r}")
+
+    def check_models(self) -> None:
+        """Raise ``ValueError`` naming the available models if one of ``models`` is unknown; run
+        before any data is loaded."""
+        for name in self.models:
+            model_class(name)
 
 
 SYNTHETIC = ("synthetic_mixture", "synthetic_noisy", "synthetic_length")
@@ -138,24 +157,27 @@ def _versions() -> dict:
             "platform": platform.platform()}
 
 
-def bench_users(data: PreferenceData, seed: int, max_unseen_users: int | None
-                ) -> tuple[np.ndarray, np.ndarray, ComparisonSplit, np.ndarray]:
-    """``(seen, unseen, split, scored)`` of one bench seed: users split 80/20, the seen users'
-    comparisons split by ``data.meta["split_mode"]`` (items by default), and the unseen users scored
-    (at most ``max_unseen_users``, sampled with the seed). Scripts that score "the bench's episodes"
-    start here."""
-    seen, unseen = split_users(data, 0.2, random_state=seed)
-    split = split_comparisons(data, seen, mode=data.meta.get("split_mode", "items"), random_state=seed)
-    rng = np.random.default_rng(seed)
-    scored = unseen if max_unseen_users is None or len(unseen) <= max_unseen_users \
-        else np.sort(rng.choice(unseen, max_unseen_users, replace=False))
-    return seen, unseen, split, scored
+Progress = Callable[[dict], None]
+"""Called with one event a step: ``{"event": "run_start" | "model_start" | "model_done" | "run_done",
+"dataset", "seed", "model" (model events), "index" and "n_models" (model events), "seconds" (the
+step's wall time, on ``*_done``), "seen_test_accuracy" (``model_done``)}``."""
 
 
-def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progress: bool = False) -> dict:
-    """Every model of ``config`` on ``data`` for one seed."""
-    mode = data.meta.get("split_mode", "items")
-    seen, unseen, split, scored = bench_users(data, seed, config.max_unseen_users)
+def _report(progress: Progress | None, event: str, data: PreferenceData, seed: int, **fields) -> None:
+    info = {"event": event, "dataset": data.name, "seed": seed, **fields}
+    logger.debug("bench progress: %s", info)
+    if progress is not None:
+        progress(info)
+
+
+def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progress: bool = False,
+                progress: Progress | None = None) -> dict:
+    """Every model of ``config`` on ``data`` for one seed; ``progress`` (if given) is called as each
+    model starts and finishes (see :data:`Progress`)."""
+    run_start = time.perf_counter()
+    _report(progress, "run_start", data, seed, n_models=len(config.models))
+    protocol = protocol_split(data, seed, mode=config.split_mode, max_unseen_users=config.max_unseen_users)
+    mode, seen, unseen, split, scored = protocol.mode, protocol.seen, protocol.unseen, protocol.split, protocol.scored
     episodes = {mode: make_episodes(data, scored, mode=mode, n_draws=config.n_draws, random_state=seed)}
     if config.random_split and mode != "comparisons":
         episodes["comparisons"] = make_episodes(data, scored, mode="comparisons", n_draws=config.n_draws,
@@ -167,7 +189,9 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
         from plural.data.synthetic import few_shot_oracle
 
         out["few_shot_oracle"] = few_shot_oracle(data, episodes[mode], config.ks, data.meta["type_oracle"])
-    for name in config.models:
+    for index, name in enumerate(config.models):
+        model_start = time.perf_counter()
+        _report(progress, "model_start", data, seed, model=name, index=index, n_models=len(config.models))
         model = make_model(name, **config.model_options.get(name, {}))
         model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=config.max_epochs,
                   batch_size=config.batch_size, random_state=seed, show_progress=show_progress)
@@ -189,16 +213,23 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
         logger.info("%s seed %d %s: seen test %.3f; unseen %s", data.name, seed, name,
                     entry["seen_test"]["accuracy"],
                     {row["k"]: round(row["accuracy"], 3) for row in entry[first]["curve"]})
+        _report(progress, "model_done", data, seed, model=name, index=index, n_models=len(config.models),
+                seconds=time.perf_counter() - model_start, seen_test_accuracy=float(entry["seen_test"]["accuracy"]))
+    _report(progress, "run_done", data, seed, n_models=len(config.models), seconds=time.perf_counter() - run_start)
     return out
 
 
 def run_benchmark(datasets: dict[str, PreferenceData], config: BenchConfig, out_dir: str | Path | None = None,
-                  show_progress: bool = False) -> dict:
-    """Run every dataset x seed x model; write ``results.json`` and ``results.md`` to ``out_dir``.
+                  show_progress: bool = False, progress: Progress | None = None) -> dict:
+    """Run every dataset x seed x model; write ``results.json``, ``results.md`` and the plots to ``out_dir``.
 
     With ``config.jobs > 1`` the (dataset, seed) runs go to that many worker processes, largest
     dataset first. Each finished run is also written to ``out_dir/partial/<dataset>-seed<s>.json`` as
-    soon as it ends, so a crash or an interrupt loses only the runs in flight."""
+    soon as it ends, so a crash or an interrupt loses only the runs in flight. ``progress`` is called
+    in this process for every step of every run (:data:`Progress`), the workers' steps included.
+    The JSON files are strict JSON: a NaN or infinity is written as null. Without matplotlib (the
+    ``plots`` extra) the plots are skipped with a warning and ``record["plots_skipped"]`` says why."""
+    config.check_models()
     start = time.perf_counter()
     record = {"commit": _git_commit(), "versions": _versions(), "config": dataclasses.asdict(config),
               "datasets": {}}
@@ -212,22 +243,29 @@ def run_benchmark(datasets: dict[str, PreferenceData], config: BenchConfig, out_
         if out_dir is not None:
             partial = out_dir / "partial"
             partial.mkdir(parents=True, exist_ok=True)
-            _write_atomic(partial / f"{unit[0]}-seed{unit[1]}.json", json.dumps(result, indent=2, default=float))
+            _write_atomic(partial / f"{unit[0]}-seed{unit[1]}.json", to_json(result))
         logger.info("bench: %s seed %d done after %.0fs", unit[0], unit[1], time.perf_counter() - start)
 
     jobs = min(config.jobs, len(units))
     if jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads can hang
+        events = context.Queue()  # the workers' progress events, relayed to ``progress`` here
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(run_dataset, datasets[name], config, seed, False): (name, seed)
+                                 initargs=(threads, events)) as pool:
+            futures = {pool.submit(_run_in_worker, datasets[name], config, seed): (name, seed)
                        for name, seed in units}
-            for future in as_completed(futures):
-                finished(futures[future], future.result())
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                _relay(events, progress)
+                for future in done:
+                    finished(futures[future], future.result())
+        _relay(events, progress)  # the workers have exited: whatever they sent is readable
+        events.close()
     else:
         for name, seed in units:
-            finished((name, seed), run_dataset(datasets[name], config, seed, show_progress))
+            finished((name, seed), run_dataset(datasets[name], config, seed, show_progress, progress=progress))
     for name, data in datasets.items():
         record["datasets"][name] = {"data": repr(data), "meta": {k: v for k, v in data.meta.items()
                                                                  if isinstance(v, (int, float, str))},
@@ -235,20 +273,73 @@ def run_benchmark(datasets: dict[str, PreferenceData], config: BenchConfig, out_
     record["seconds"] = time.perf_counter() - start
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out_dir / "results.json", json.dumps(record, indent=2, default=float))
+        _write_atomic(out_dir / "results.json", to_json(record))
         _write_atomic(out_dir / "results.md", markdown_table(record))
         from apps.plots import plot_few_shot_curves
 
-        record["plots"] = [str(p) for p in plot_few_shot_curves(record, out_dir)]
+        try:
+            record["plots"] = [str(p) for p in plot_few_shot_curves(record, out_dir)]
+        except ImportError as err:  # matplotlib is the `plots` extra; the results are written already
+            logger.warning("no plots: %s", err)
+            record["plots"], record["plots_skipped"] = [], str(err)
     return record
 
 
-def _init_worker(threads: int) -> None:
+_WORKER_EVENTS: Any = None  # in a worker process: the queue its progress events go to
+
+
+def _init_worker(threads: int, events: Any = None) -> None:
     import torch
 
+    global _WORKER_EVENTS
+    _WORKER_EVENTS = events
     torch.set_num_threads(threads)
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run_in_worker(data: PreferenceData, config: BenchConfig, seed: int) -> dict:
+    """``run_dataset`` in a worker process, its progress events sent back through the queue."""
+    events = _WORKER_EVENTS
+    return run_dataset(data, config, seed, False, progress=None if events is None else events.put)
+
+
+def _relay(events: Any, progress: Progress | None) -> None:
+    """Hand every event waiting in ``events`` to ``progress``, in the order the workers sent them."""
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return
+        if progress is not None:
+            progress(event)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (numpy's included) replaced by None, in nested
+    dicts, lists and tuples; everything else as it is."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    """What ``json.dumps`` writes for a value it has no rule for: an array as a list, any other
+    number (numpy integers, float32) as a float, null where that is not finite."""
+    if isinstance(value, np.ndarray):
+        return _finite_or_none(value.tolist())
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def to_json(record: dict) -> str:
+    """``record`` as strict JSON (``allow_nan=False`` holds: NaN and infinities are null), indented
+    as ``results.json`` is written. A record read back gives the same ``markdown_table``."""
+    return json.dumps(_finite_or_none(record), indent=2, default=_json_default, allow_nan=False)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -257,8 +348,8 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _mean_sd(values: list[float]) -> str:
-    values = [v for v in values if v == v]
+def _mean_sd(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None and v == v]  # None: NaN as results.json writes it
     if not values:
         return "-"
     if len(values) == 1:
@@ -309,7 +400,7 @@ def _curve_cell(results: list[dict], k: int) -> str:
     acc = _mean_sd([curve_value(r, k) for r in results])
     if k == 0 or acc == "-":
         return acc
-    gain = [g for g in (curve_value(r, k, "gain_vs_k0") for r in results) if g == g]
+    gain = [g for g in (curve_value(r, k, "gain_vs_k0") for r in results) if g is not None and g == g]
     if not gain:
         return acc
     if len(gain) == 1:

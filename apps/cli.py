@@ -1,9 +1,18 @@
-"""The ``plural`` command: train, evaluate and demo models on bundled or your own data."""
+"""The ``plural`` command: train, evaluate and demo models on bundled or your own data.
+
+An error the library raises for bad input (a ``ValueError``, ``OSError``, ``KeyError``,
+``TypeError`` or ``ImportError``, ``CheckpointError`` and ``StoreError`` included) is printed by
+:func:`main` as one line, ``error: <message>``, on stderr, and the command exits with status 1;
+usage errors (a bad option) exit with 2, as click prints them. ``PLURAL_DEBUG=1`` re-raises instead,
+with the traceback.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +23,11 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="plural: pluralistic and personalized preference models.")
 console = Console()
+
+SPLITS = ("items", "comparisons")
+DEBUG_ENV = "PLURAL_DEBUG"
+ERROR_EXIT = 1
+"""Exit status of a command stopped by an error of the library (click's usage errors exit with 2)."""
 
 
 def _quiet_lightning() -> None:
@@ -35,6 +49,15 @@ def _results_table(title: str, results: dict) -> Table:
     return table
 
 
+KIND_HELP = ("how to read a file given in --data: pairs (one comparison a row), trl (prompt / chosen / "
+             "rejected), ratings, rankings or votes")
+COLUMN_HELP = ("for a file in --data: a converter option KEY=VALUE naming a column or setting a value, e.g. "
+               "user=userId, item=movieId, rating=stars, item_table=items.csv, item_text=title (repeatable)")
+SPLIT_HELP = ("how the seen users' comparisons are split: 'items' (item-disjoint) or 'comparisons' (random); "
+              "default: the dataset's own (comparisons for natively pairwise data with few pairs per user, "
+              "such as UKPConvArg1 and TRL files; items otherwise)")
+
+
 @app.command()
 def train(
     data: str = typer.Option(..., help="bundled dataset (ukpconvarg1, polis, movielens) or a file path"),
@@ -43,24 +66,44 @@ def train(
     seed: int = typer.Option(0, help="random seed for splits, weights and shuffling"),
     max_epochs: int = typer.Option(30, help="upper bound on epochs (early stopping on validation log-loss)"),
     batch_size: int = typer.Option(256),
-    split: str = typer.Option(None, help="'items' (item-disjoint) or 'comparisons'; default by dataset"),
+    split: str = typer.Option(None, help=SPLIT_HELP),
+    kind: str = typer.Option(None, help=KIND_HELP + " (default: pairs)"),
+    column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
     devices: str = typer.Option("auto", help="Lightning devices"),
     strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp"),
     precision: str = typer.Option(None, help="Lightning precision, e.g. 16-mixed"),
     overwrite: bool = typer.Option(False, help="replace OUT even if it holds files that are not a plural run"),
 ) -> None:
     """Train MODEL on the seen users of DATA and save the run to OUT."""
+    from plural.data.bundled import DATASETS
+
+    _check_models([model], "--model")
+    split = _check_split(split)
+    read = _key_values(column)
+    if data in DATASETS:
+        if read or kind is not None:
+            raise typer.BadParameter(f"{data!r} is a bundled dataset; --kind and --column say how to read a "
+                                     f"file", param_hint="--kind/--column")
+    else:
+        read = dict(kind=kind or "pairs", **read)
     from plural.training.runs import train_run
 
     _quiet_lightning()
     start = time.perf_counter()
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
                        split_mode=split, devices=_int_or_str(devices), strategy=strategy,
-                       precision=precision, overwrite=overwrite)
+                       precision=precision, overwrite=overwrite, read_options=read)
     rep = record["fit_report"]
-    console.print(f"[bold]trained[/] {model} on {data}: {record['n_train']} comparisons from "
-                  f"{record['n_seen_users']} users, {rep['epochs']} epochs in {rep['seconds']:.1f}s "
-                  f"on {rep['device']}; saved to {out} ({time.perf_counter() - start:.1f}s total)")
+    console.print(f"[bold]trained[/] {model} on {data} ({record['split_mode']} split): {record['n_train']} "
+                  f"comparisons from {record['n_seen_users']} users, {rep['epochs']} epochs in "
+                  f"{rep['seconds']:.1f}s on {rep['device']}; saved to {out} "
+                  f"({time.perf_counter() - start:.1f}s total)", highlight=False, soft_wrap=True)
+    dropped, total = record["n_dropped_by_split"], record.get("n_comparisons") or 1
+    if record["split_mode"] == "items" and dropped > 0.2 * total:
+        console.print(f"note: the item-disjoint split left out {dropped} comparisons ({100 * dropped / total:.0f}%), "
+                      f"whose two items fell in different parts of a user's items; --split comparisons keeps "
+                      f"them, at the cost of test pairs over items the user judged in training", highlight=False,
+                      soft_wrap=True)
 
 
 @app.command("eval")
@@ -86,9 +129,11 @@ def demo(
     never saw from 10 of their comparisons."""
     from plural.training.runs import personalization_run
 
+    _check_models([model], "--model")
     console.rule(f"1. Bradley-Terry baseline on {data}")
     train(data=data, model="bradley_terry", out=out / "bradley_terry", seed=0, max_epochs=30,
-          batch_size=256, split=None, devices="auto", strategy="auto", precision=None, overwrite=False)
+          batch_size=256, split=None, kind=None, column=[], devices="auto", strategy="auto", precision=None,
+          overwrite=False)
     eval_(out / "bradley_terry")
 
     console.rule(f"2. {model} on {personal_data}: personalizing users it never saw")
@@ -157,35 +202,93 @@ def bench(
     max_epochs: int = typer.Option(20),
     quick: bool = typer.Option(False, help="tiny synthetic data and few epochs (seconds)"),
     jobs: int = typer.Option(1, help="worker processes, one (dataset, seed) run each at a time"),
-    kind: str = typer.Option("pairs", help="how to read a file given in --data: pairs, trl, ratings, rankings "
-                                            "or votes"),
-    column: list[str] = typer.Option([], "--column", help="for a file in --data: a converter option KEY=VALUE "
-                                     "naming a column or setting a value, e.g. user=userId, item=movieId, "
-                                     "rating=stars, item_table=items.csv, item_text=title (repeatable)"),
+    kind: str = typer.Option("pairs", help=KIND_HELP),
+    column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
+    split: str = typer.Option(None, help=SPLIT_HELP + "; applies to every dataset"),
 ) -> None:
-    """Run the evaluation protocol over datasets x models x seeds and write a table and plots."""
-    from apps.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
+    """Run the evaluation protocol over datasets x models x seeds and write a table and plots.
 
-    _quiet_lightning()
+    Prints a line as each (dataset, seed, model) step starts and ends, with the time since the start."""
+    from apps.bench import BenchConfig, load_bench_dataset, markdown_table, run_benchmark
+    from apps.plots import PLOTS_EXTRA, plots_available
+
     names = [d.strip() for d in data.split(",") if d.strip()]
-    config = BenchConfig(seeds=tuple(int(s) for s in seeds.split(",")),
-                         max_unseen_users=max_unseen_users or None, max_epochs=3 if quick else max_epochs,
-                         jobs=jobs)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
+    config = BenchConfig(seeds=seed_list, max_unseen_users=max_unseen_users or None,
+                         max_epochs=3 if quick else max_epochs, jobs=jobs, split_mode=_check_split(split))
     if models:
-        config.models = tuple(m.strip() for m in models.split(","))
+        config.models = tuple(m.strip() for m in models.split(",") if m.strip())
+    _check_models(config.models, "--models")  # before any data is loaded
+    read = dict(kind=kind, **_key_values(column))
+    if not plots_available():
+        console.print(f"note: matplotlib is not installed, so no plots ({PLOTS_EXTRA})", highlight=False)
+    _quiet_lightning()
     start = time.perf_counter()
     with console.status("loading and encoding datasets (embeddings are cached)"):
-        read = dict(kind=kind, **_key_values(column))
         datasets = {}
         for n in names:  # keyed by the data's name: a file's stem, not its path
             loaded = load_bench_dataset(n, quick=quick, read_options=read)
             if loaded.name in datasets:
                 raise typer.BadParameter(f"two datasets are named {loaded.name!r}", param_hint="--data")
             datasets[loaded.name] = loaded
-    record = run_benchmark(datasets, config, out, show_progress=False)
+    _say(start, f"loaded {len(datasets)} dataset(s); {len(datasets) * len(config.seeds)} run(s) of "
+                f"{len(config.models)} model(s), {min(config.jobs, len(datasets) * len(config.seeds))} at a time")
+    record = run_benchmark(datasets, config, out, show_progress=False, progress=_bench_progress(start))
     console.print(markdown_table(record))
     console.print(f"wrote {out}/results.json, results.md and {len(record.get('plots', []))} plot(s) "
-                  f"in {time.perf_counter() - start:.0f}s")
+                  f"in {time.perf_counter() - start:.0f}s", highlight=False)
+    if record.get("plots_skipped"):
+        console.print(f"no plots: {record['plots_skipped']}", highlight=False)
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes:02d}:{sec:02d}"
+
+
+def _say(start: float, message: str) -> None:
+    console.print(f"[{_clock(time.perf_counter() - start)}] {message}", highlight=False, markup=False,
+                  soft_wrap=True)
+
+
+def _bench_progress(start: float):
+    """A ``progress`` callback for ``run_benchmark`` that prints one line a step."""
+
+    def show(event: dict) -> None:
+        where = f"{event['dataset']} seed {event['seed']}"
+        kind = event["event"]
+        if kind == "run_start":
+            _say(start, f"{where}: started ({event['n_models']} models)")
+        elif kind == "model_start":
+            _say(start, f"{where}: {event['model']} ({event['index'] + 1}/{event['n_models']}) started")
+        elif kind == "model_done":
+            _say(start, f"{where}: {event['model']} ({event['index'] + 1}/{event['n_models']}) done in "
+                        f"{event['seconds']:.0f}s, seen test {100 * event['seen_test_accuracy']:.1f}%")
+        elif kind == "run_done":
+            _say(start, f"{where}: done in {event['seconds']:.0f}s")
+
+    return show
+
+
+def _check_models(names, hint: str) -> None:
+    """A usage error naming the available models, before anything is loaded."""
+    from plural.core.model import available_models
+
+    known = available_models()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise typer.BadParameter(f"unknown model{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                                 f"available: {', '.join(known)}", param_hint=hint)
+
+
+def _check_split(split: str | None) -> str | None:
+    if split is not None and split not in SPLITS:
+        raise typer.BadParameter(f"expected one of {', '.join(SPLITS)}, got {split!r}", param_hint="--split")
+    return split
 
 
 def _key_values(pairs: list[str]) -> dict:
@@ -207,8 +310,33 @@ def _int_or_str(value: str):
     return int(value) if value.isdigit() else value
 
 
-def main() -> None:
-    app()
+_LIBRARY_ERRORS = (ValueError, OSError, KeyError, TypeError, ImportError)
+"""What the library raises for bad input or a bad environment; CheckpointError and StoreError are
+ValueErrors, FileNotFoundError and FileExistsError OSErrors."""
+
+
+def _message(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return str(text) or type(err).__name__
+
+
+def _is_library_error(err: BaseException) -> bool:
+    if isinstance(err, _LIBRARY_ERRORS):
+        return True
+    model = sys.modules.get("plural.core.model")  # NotFittedError, without importing torch to check
+    return model is not None and isinstance(err, model.NotFittedError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``plural`` console script: runs the app and turns a library error into one line on
+    stderr and exit status 1 (``PLURAL_DEBUG=1`` re-raises it with its traceback)."""
+    try:
+        app(args=argv, prog_name="plural")
+    except Exception as err:
+        if not _is_library_error(err) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {_message(err)}", file=sys.stderr)
+        sys.exit(ERROR_EXIT)
 
 
 if __name__ == "__main__":

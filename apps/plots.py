@@ -1,4 +1,4 @@
-"""Plots of benchmark results (matplotlib, headless)."""
+"""Plots of benchmark results (matplotlib, headless; the ``plots`` extra)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,34 @@ CHANCE_K0 = 55.0
 gain over k=0 is left out of the gain panel, where it would flatten every other curve."""
 
 
+PLOTS_EXTRA = "pip install 'plural[plots]'"
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend, or an ImportError naming the extra."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError(f"plots need matplotlib, which plural installs with its `plots` extra: "
+                          f"{PLOTS_EXTRA}") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plot_few_shot_curves(record: dict, out_dir: str | Path) -> list[Path]:
     """One PNG per dataset, ``out_dir/curves_<dataset>.png``: unseen-user query accuracy against k
     (left; each k covers the users whose support reaches it) and the gain over k=0 paired on the same
     users and draws (right); one line per model, mean over seeds, shaded +- sd where there are several."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,8 @@ import torch
 from plural.query.active import STRATEGIES, simulate_session
 from plural.core.batch import comparison_batch
 from apps.bench import load_bench_dataset
-from plural.data.splits import make_episodes, split_comparisons, split_users
+from plural.data.splits import make_episodes
+from plural.evaluation.protocol import protocol_split
 from plural.evaluation.metrics import pairwise_accuracy
 from plural.core.model import make_model
 
@@ -64,8 +65,8 @@ def questions_to_match(curve: np.ndarray, target: float) -> int | None:
 def run_dataset(name: str, args) -> dict:
     start = time.perf_counter()
     data = load_bench_dataset(name)
-    seen, unseen = split_users(data, 0.2, random_state=args.seed)
-    split = split_comparisons(data, seen, mode="items", random_state=args.seed)
+    protocol = protocol_split(data, args.seed, mode="items")
+    split, unseen = protocol.split, protocol.unseen
     epochs = args.epochs or EPOCHS.get(name, 10)
     model = make_model("low_rank").fit(data, train_rows=split.train, val_rows=split.val, max_epochs=epochs,
                                        batch_size=512, show_progress=False)

@@ -21,7 +21,8 @@ import torch
 
 from plural.core.batch import comparison_batch
 from apps.bench import load_bench_dataset
-from plural.data.splits import make_episodes, split_comparisons, split_users
+from plural.data.splits import make_episodes
+from plural.evaluation.protocol import protocol_split
 from plural.evaluation.metrics import pairwise_accuracy
 from plural.core.latent import inference
 from plural.core.model import UserState, make_model
@@ -61,8 +62,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     data = load_bench_dataset("synthetic_mixture")
-    seen, unseen = split_users(data, 0.2, random_state=0)
-    split = split_comparisons(data, seen, mode="items", random_state=0)
+    protocol = protocol_split(data, 0, mode="items")
+    split, unseen = protocol.split, protocol.unseen
     model = make_model(args.model).fit(data, train_rows=split.train, val_rows=split.val, max_epochs=20,
                                        batch_size=512, show_progress=False)
     episodes = [e for e in make_episodes(data, unseen, n_draws=1, random_state=0)

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 
-from plural.data.splits import split_comparisons, split_users
+from plural.evaluation.protocol import protocol_split
 from plural.data.synthetic import make_mixture
 from plural.evaluation.metrics import predict_proba, summarize
 from plural.core.model import make_model
@@ -41,8 +41,7 @@ def main() -> None:
     syn = make_mixture(n_types=4, n_users=400, n_items=2000, dim=384, comparisons_per_user=300, scale=40.0,
                        flip_rate=args.flip_rate, random_state=args.seed)
     data = syn.data
-    seen, _ = split_users(data, 0.2, random_state=args.seed)
-    split = split_comparisons(data, seen, mode="items", random_state=args.seed)
+    split = protocol_split(data, args.seed, mode="items").split
     test = split.test
     clean = syn.clean_label[test]
     oracle = (syn.oracle_margin(test) > 0).astype(float)

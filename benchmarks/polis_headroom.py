@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.bench import bench_users
 from plural.data.splits import DEFAULT_SHOTS, make_episodes
+from plural.evaluation.protocol import protocol_split
 from plural.training.runs import load_dataset
 
 GRID = [(rank, lam) for rank in (2, 4, 8) for lam in (0.3, 1.0, 3.0)]
@@ -84,7 +84,8 @@ def run(data, seed: int, n_users: int) -> dict:
     """``{"rank=..,lam=..": {k: {"accuracy", "gain_vs_k0"}}}`` on ``data``'s bench episodes for ``seed``."""
     if data.context is None or (data.context < 0).any():
         raise ValueError("headroom needs every comparison's conversation as its context")
-    _, _, split, scored = bench_users(data, seed, n_users)  # the users and episodes plural bench scores
+    protocol = protocol_split(data, seed, max_unseen_users=n_users)  # the users plural bench scores
+    split, scored = protocol.split, protocol.scored
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     mean, factors = fit_factors(data, split.train, max(r for r, _ in GRID))
     out = {}

@@ -27,8 +27,9 @@ import numpy as np
 from sklearn.mixture import GaussianMixture
 
 from plural.query.personalize import build_user_store, personalize
-from apps.bench import bench_users, load_bench_dataset
+from apps.bench import load_bench_dataset
 from plural.data.splits import DEFAULT_SHOTS, make_episodes
+from plural.evaluation.protocol import protocol_split
 from plural.evaluation.fewshot import few_shot_curve
 from plural.core.model import make_model
 from plural.query.store import UserStore
@@ -87,7 +88,8 @@ def run(data, seed: int = 0, n_users: int = 100, min_comparisons: int = 30, ks=D
         max_epochs: int = 20, model_options: dict | None = None) -> dict:
     """The shape of the stored vectors and the few-shot curves of each prior, for one seed."""
     require_conversations(data)
-    seen, unseen, split, scored = bench_users(data, seed, n_users)
+    protocol = protocol_split(data, seed, max_unseen_users=n_users)  # the users plural bench scores
+    split, scored = protocol.split, protocol.scored
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     model = make_model(MODEL, **(model_options or {}))
     model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=max_epochs, batch_size=512,

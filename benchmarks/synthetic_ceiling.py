@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from apps.bench import bench_synthetic, bench_users
+from apps.bench import bench_synthetic
 from plural.data.splits import make_episodes
+from plural.evaluation.protocol import protocol_split
 from plural.data.synthetic import few_shot_oracle, type_oracle
 
 KS = (0, 1, 2, 5, 10, 20, 50)
@@ -50,7 +51,8 @@ def run(name: str, seed: int, n_users: int = 100, penalties=PENALTIES, ks=KS, qu
     seed, each curve ``{k: accuracy}`` on the bench's item-disjoint episodes of that seed."""
     syn = bench_synthetic(name, quick=quick, random_state=seed)
     data = syn.data
-    _, _, split, scored = bench_users(data, seed, n_users)  # the users and episodes plural bench scores
+    protocol = protocol_split(data, seed, max_unseen_users=n_users)  # the users plural bench scores
+    split, scored = protocol.split, protocol.scored
     episodes = make_episodes(data, scored, mode="items", n_draws=3, random_state=seed)
     truth = type_oracle(syn)
     n_types = len(truth["shares"])

@@ -3,6 +3,11 @@
 >>> from plural.data.bundled import load
 >>> data = load("polis")                      # doctest: +SKIP
 
+The data lives in the source repository, not in the Python package: a ``pip install`` holds the
+library only (the datasets' licences are not the code's). :func:`datasets_dir` finds the folder in
+``$PLURAL_DATASETS_DIR`` or, in a source checkout, next to the package; elsewhere :func:`load`
+raises a ``FileNotFoundError`` saying where to get it.
+
 Each ``datasets/<name>/`` holds compact files derived from the raw sources by its ``prepare.py``
 and a ``README.md`` card (source, licence, schema, counts). The files keep the raw units (crowd
 judgments, last votes, ratings); pairs are formed here, at load time, by the converters in
@@ -34,6 +39,10 @@ __all__ = ["DATASETS", "datasets_dir", "load"]
 
 DATASETS = ("ukpconvarg1", "polis", "movielens")
 ENV_VAR = "PLURAL_DATASETS_DIR"
+CHECKOUT_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+"""Where a source checkout keeps the datasets (``<repo>/datasets``). After a ``pip install`` this
+is ``site-packages/datasets``: nothing, or the Hugging Face ``datasets`` package, which
+:func:`datasets_dir` tells apart from plural's data folder."""
 
 _PROVENANCE = {
     "ukpconvarg1": {
@@ -61,17 +70,37 @@ _PROVENANCE = {
 }
 
 
+def _is_data_folder(path: Path) -> bool:
+    """A folder of plural's dataset cards: ``<name>/README.md`` for a bundled name, and not a Python
+    package (``site-packages/datasets`` may be Hugging Face's)."""
+    return (path.is_dir() and not (path / "__init__.py").exists()
+            and any((path / name / "README.md").is_file() for name in DATASETS))
+
+
 def datasets_dir() -> Path:
-    """The folder holding the bundled datasets: ``$PLURAL_DATASETS_DIR`` if set, else the
-    repository's ``datasets/`` folder."""
+    """The folder holding the bundled datasets: ``$PLURAL_DATASETS_DIR`` if set, else a source
+    checkout's ``datasets/`` folder (:data:`CHECKOUT_DATASETS`).
+
+    Raises:
+        FileNotFoundError: neither is plural's data folder (after a plain ``pip install``), with
+            the way to get it.
+    """
     env = os.environ.get(ENV_VAR)
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "datasets"
-    if not path.is_dir():
-        how = f"${ENV_VAR}={env!r}" if env else "the repository's datasets/ folder"
-        raise FileNotFoundError(
-            f"bundled datasets not found at {path} ({how}); run from a source checkout of plural "
-            f"or point ${ENV_VAR} at a copy of its datasets/ folder")
-    return path
+    if env:
+        path = Path(env).expanduser()
+        if not _is_data_folder(path):
+            raise FileNotFoundError(
+                f"${ENV_VAR}={env!r} is not plural's datasets folder (it needs <name>/README.md for one of "
+                f"{', '.join(DATASETS)}); point it at the datasets/ folder of a clone of plural's repository")
+        return path
+    if _is_data_folder(CHECKOUT_DATASETS):
+        return CHECKOUT_DATASETS
+    raise FileNotFoundError(
+        f"plural's bundled datasets ({', '.join(DATASETS)}) are not part of the installed package "
+        f"(looked for a source checkout's datasets/ folder at {CHECKOUT_DATASETS}). They live in the "
+        f"datasets/ folder of plural's source repository: clone it and set {ENV_VAR} to that folder "
+        f"(export {ENV_VAR}=/path/to/plural/datasets), or install plural from the clone "
+        f"(pip install -e /path/to/plural). Your own files load with plural.from_file.")
 
 
 def load(name: str, *, drop_ties: bool = False, max_pairs_per_user: int | None = 500,

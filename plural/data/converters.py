@@ -32,6 +32,13 @@ logger = logging.getLogger(__name__)
 
 ANONYMOUS_USER = "anonymous"  # the user of every TRL row when user_id=None
 
+FEW_COMPARISONS_PER_USER = 40
+"""``from_pandas`` data whose median user has fewer comparisons than this is split by comparison
+(``meta["split_mode"] = "comparisons"``). The reason is the few-shot query: an item-disjoint
+episode keeps the comparisons inside one half of the user's items, about a quarter of them, so a
+user needs about ``4 * min_query`` = 40 comparisons to be scored at all (``make_episodes``); split
+by comparison, half of them are the query."""
+
 
 # ---------------------------------------------------------------------------- reading files
 def _read_delimited(path: Path, sep: str, **kwargs) -> pd.DataFrame:
@@ -316,6 +323,15 @@ def from_pandas(df: pd.DataFrame, *, user: str = "user_id", item_a: str = "item_
             column; without it the items are those compared, without text.
         name: the dataset's name.
 
+    Returns:
+        The comparisons. Natively pairwise data whose users judged a handful of pairs each (the
+        median user fewer than :data:`FEW_COMPARISONS_PER_USER`, as in UKPConvArg1) records
+        ``meta["split_mode"] = "comparisons"``, the protocol's split for it; with more per user the
+        key is left out and the split is item-disjoint (``"items"``), since a user's many pairs then
+        share items and a random split would let a model re-rank items the user already judged.
+        ``split_comparisons(mode=...)``, ``plural train --split`` and ``plural bench --split``
+        override it.
+
     Example:
         >>> df = pd.DataFrame({"user_id": ["u"], "item_a": ["x"], "item_b": ["y"], "label": [1]})
         >>> from_pandas(df).n_comparisons
@@ -323,10 +339,14 @@ def from_pandas(df: pd.DataFrame, *, user: str = "user_id", item_a: str = "item_
     """
     df = _frame(df, name)
     _check_columns(df, [user, item_a, item_b, label, weight, context], "data")
-    return _build(_ids(df, user), *_id_columns(df, [item_a, item_b]), _numbers(df, label),
+    data = _build(_ids(df, user), *_id_columns(df, [item_a, item_b]), _numbers(df, label),
                   weights=None if weight is None else _numbers(df, weight),
                   contexts=_contexts(df, context), item_table=item_table, item_id=item_id,
                   item_text=item_text, name=name, meta={})
+    per_user = np.bincount(data.user)
+    if np.median(per_user[per_user > 0]) < FEW_COMPARISONS_PER_USER:
+        data.meta["split_mode"] = "comparisons"
+    return data
 
 
 def _text_hash(text: str) -> str:
@@ -359,6 +379,12 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
         user_id: user column; ``None`` attributes every row to the user ``"anonymous"``.
         margin: optional column of non-negative margins, used as weights.
         name: the dataset's name.
+
+    Returns:
+        The comparisons, with ``meta["split_mode"] = "comparisons"`` always: a response is free
+        text, which two rows rarely share, so an item-disjoint split would drop about half of the
+        rows (those whose two responses fall in different item blocks) and hold out nothing a
+        comparison split does not; and without ``user_id`` all rows are one user's.
     """
     df = _frame(rows, name)
     _check_columns(df, [chosen, rejected, user_id, margin], "TRL rows")
@@ -383,8 +409,10 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
     else:
         logger.info("%s: no %r column, comparisons have no context", name, prompt)
     items = pd.DataFrame({"item_id": list(table), "text": list(table.values())})
-    return _build(users, [_text_hash(t) for t in good], [_text_hash(t) for t in bad],
+    data = _build(users, [_text_hash(t) for t in good], [_text_hash(t) for t in bad],
                   np.ones(len(df)), item_table=items, name=name, meta={}, **records)
+    data.meta["split_mode"] = "comparisons"
+    return data
 
 
 def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id",

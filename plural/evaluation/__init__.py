@@ -1,1 +1,1 @@
-"""Evaluation: metrics and the few-shot curve."""
+"""Evaluation: metrics, the few-shot curve and the protocol's users and splits."""

@@ -105,9 +105,10 @@ def _per_user_mean(by_episode: dict[tuple[int, int], float]) -> dict[int, float]
 
 def curve_value(result: dict, k: int, field: str = "accuracy") -> float:
     """``field`` (default: the macro accuracy) at ``k`` of a :func:`few_shot_curve` result; NaN
-    when absent."""
+    when absent, or null as strict JSON (``results.json``) writes a NaN."""
     for row in result["curve"]:
         if row["k"] == k:
-            return row.get(field, float("nan"))
+            value = row.get(field)
+            return float("nan") if value is None else value
     return float("nan")
 

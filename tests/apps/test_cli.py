@@ -1,6 +1,7 @@
 """End to end on a bundled real dataset: `plural train` then `plural eval`, as a user runs them."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -71,3 +72,98 @@ def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
     assert "### my_ratings" in result.output and "| bradley_terry |" in result.output
     with pytest.raises(SystemExit):
         app(["bench", "--data", "x.csv", "--column", "no_equals_sign"], standalone_mode=True)
+
+
+# ---------------------------------------------------------------------------- errors are one line
+def test_library_errors_are_one_line_on_stderr(tmp_path, capsys, monkeypatch):
+    from apps.cli import main
+
+    monkeypatch.delenv("PLURAL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "nope", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: 'nope' is neither a bundled dataset (ukpconvarg1, polis, movielens) nor a file\n"
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(tmp_path)])
+    assert exit_.value.code == 1 and capsys.readouterr().err.startswith("error: ")
+    monkeypatch.setenv("PLURAL_DEBUG", "1")  # the escape hatch: the exception itself
+    with pytest.raises(FileNotFoundError, match="not a plural run"):
+        main(["eval", str(tmp_path)])
+
+
+def test_the_console_script_prints_no_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("plural")
+    env = {k: v for k, v in os.environ.items() if k != "PLURAL_DEBUG"}
+    proc = subprocess.run([str(script), "eval", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} is not a plural run (no run.json); train one "
+                                                "with `plural train`"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_wrong_model_fails_before_the_data_loads(tmp_path):
+    result = runner.invoke(app, ["train", "--data", "no-such-file.csv", "--model", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output and "bradley_terry" in result.output
+    result = runner.invoke(app, ["bench", "--data", "no-such-file.csv", "--models", "bradley_terry,nope"])
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output
+    result = runner.invoke(app, ["train", "--data", "polis", "--split", "random", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "items, comparisons" in result.output
+    result = runner.invoke(app, ["train", "--data", "polis", "--column", "user=x", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "bundled dataset" in result.output
+
+
+# ---------------------------------------------------------------------------- a user's own file
+def _trl_file(path, n_users=20, per_user=5):
+    with open(path, "w") as f:
+        for u in range(n_users):
+            for j in range(per_user):
+                f.write(json.dumps({"annotator": f"a{u}", "prompt": f"q{j}", "chosen": f"a kind answer {u}.{j}",
+                                    "rejected": f"a curt reply {u}.{j}"}) + "\n")
+    return path
+
+
+def test_train_and_eval_a_trl_file_split_by_comparison(tmp_path, monkeypatch):
+    data = _trl_file(tmp_path / "mine.jsonl")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", "mine.jsonl", "--kind", "trl", "--column", "user_id=annotator",
+                                 "--model", "bradley_terry", "--out", str(tmp_path / "run"), "--max-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "trained bradley_terry on mine.jsonl (comparisons split)" in result.output
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["split_mode"] == "comparisons" and record["n_dropped_by_split"] == 0
+    assert record["read_options"] == {"kind": "trl", "user_id": "annotator"}
+    assert record["dataset_path"] == str(data.resolve())
+    monkeypatch.chdir(tmp_path.parent)  # eval reads the file again from its recorded path
+    result = runner.invoke(app, ["eval", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "seen, test" in result.output and "comparisons split" in result.output
+
+    result = runner.invoke(app, ["train", "--data", str(data), "--kind", "trl", "--column", "user_id=annotator",
+                                 "--split", "items", "--model", "bradley_terry", "--out", str(tmp_path / "items"),
+                                 "--max-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "(items split)" in result.output and "left out" in result.output  # says what the item split drops
+
+
+# ---------------------------------------------------------------------------- bench progress, --split
+def test_bench_prints_progress_and_takes_split(tmp_path):
+    result = runner.invoke(app, ["bench", "--quick", "--data", "synthetic_mixture", "--models",
+                                 "item_winrate,bradley_terry", "--max-unseen-users", "6", "--split", "comparisons",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "synthetic_mixture seed 0: started (2 models)" in out
+    assert "synthetic_mixture seed 0: item_winrate (1/2) started" in out
+    assert re.search(r"\[\d\d:\d\d\] synthetic_mixture seed 0: bradley_terry \(2/2\) done in \d+s, seen test "
+                     r"\d+\.\d%", out)
+    assert out.index("item_winrate (1/2) started") < out.index("bradley_terry (2/2) started") < out.index("| model |")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["datasets"]["synthetic_mixture"]["runs"][0]["split_mode"] == "comparisons"
+    assert saved["config"]["split_mode"] == "comparisons"
+    assert "pair protocol" in out

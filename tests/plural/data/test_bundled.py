@@ -1,6 +1,8 @@
 """Tests for plural.data.bundled: the three real datasets in datasets/ load with the counts that
 their README cards state (default cap 500 and seed 0)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -111,4 +113,46 @@ def test_unknown_name_raises():
 def test_missing_datasets_dir_raises(monkeypatch, tmp_path):
     monkeypatch.setenv("PLURAL_DATASETS_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="PLURAL_DATASETS_DIR"):
+        load("polis")
+
+
+# ---------------------------------------------------------------------------- after a plain pip install
+@pytest.fixture
+def installed_without_data(monkeypatch, tmp_path):
+    """The lookup as after ``pip install plural``: no $PLURAL_DATASETS_DIR, and no checkout's
+    datasets/ folder next to the package (site-packages/datasets is empty, or Hugging Face's)."""
+    import plural.data.bundled as bundled
+
+    monkeypatch.delenv("PLURAL_DATASETS_DIR", raising=False)
+    empty = tmp_path / "site-packages" / "datasets"
+    empty.mkdir(parents=True)
+    monkeypatch.setattr(bundled, "CHECKOUT_DATASETS", empty)
+    return empty
+
+
+def test_without_the_data_load_says_where_to_get_it(installed_without_data):
+    with pytest.raises(FileNotFoundError) as err:
+        load("polis")
+    message = str(err.value)
+    assert "not part of the installed package" in message and "clone" in message
+    assert "PLURAL_DATASETS_DIR" in message and str(installed_without_data) in message
+
+
+def test_a_datasets_package_in_site_packages_is_not_the_data(installed_without_data):
+    (installed_without_data / "__init__.py").write_text("")  # Hugging Face's `datasets`
+    (installed_without_data / "polis").mkdir()
+    (installed_without_data / "polis" / "README.md").write_text("")
+    with pytest.raises(FileNotFoundError, match="clone"):
+        load("polis")
+
+
+def test_the_env_var_finds_a_copy_of_the_data(installed_without_data, monkeypatch, tmp_path):
+    import plural.data.bundled as bundled
+
+    real = Path(bundled.__file__).resolve().parents[2] / "datasets"
+    monkeypatch.setenv("PLURAL_DATASETS_DIR", str(real))
+    assert datasets_dir() == real
+    assert load("ukpconvarg1").n_comparisons == COUNTS["ukpconvarg1"][0]
+    monkeypatch.setenv("PLURAL_DATASETS_DIR", str(tmp_path))  # a folder, but not the data
+    with pytest.raises(FileNotFoundError, match="is not plural's datasets folder"):
         load("polis")

@@ -50,7 +50,7 @@ def test_from_pandas_basic(pairs):
     data = from_pandas(pairs)
     assert (data.n_comparisons, data.n_users, data.n_items) == (3, 2, 3)
     assert data.label.tolist() == [1.0, 0.0, 0.5]
-    assert data.item_text is None and data.name == "pandas" and data.meta == NO_REPEATS
+    assert data.item_text is None and data.name == "pandas" and data.meta == {**NO_REPEATS, "split_mode": "comparisons"}  # few pairs per user
 
 
 def test_from_pandas_item_table_weight_context(pairs, items):

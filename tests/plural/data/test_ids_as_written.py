@@ -269,7 +269,7 @@ def test_duplicate_and_contradictory_comparisons_are_counted(caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="plural.data.converters"):
         clean = from_pandas(df.iloc[[0, 4, 5, 6]], context="ctx")
-    assert clean.meta == {"duplicate_comparisons": 0, "contradictory_comparisons": 0}
+    assert clean.meta == {"duplicate_comparisons": 0, "contradictory_comparisons": 0, "split_mode": "comparisons"}
     assert "duplicate comparisons" not in caplog.text
 
 
