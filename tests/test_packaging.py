@@ -130,3 +130,13 @@ def test_two_faiss_distributions_are_refused_with_the_way_out():
     installed = dict(installed_faiss_distributions())
     assert len(installed) == 1, installed  # this environment has exactly one
     check_faiss_distributions()
+
+
+def test_the_store_refuses_two_faiss_builds_at_once(monkeypatch):
+    from plural import _packaging
+    from plural.query.store_files import import_faiss
+
+    monkeypatch.setattr(_packaging, "installed_faiss_distributions",
+                        lambda: (("faiss-cpu", "1.9.0"), ("faiss-gpu-cu12", "1.9.0")))
+    with pytest.raises(ImportError, match="faiss-cpu 1.9.0, faiss-gpu-cu12 1.9.0"):
+        import_faiss()

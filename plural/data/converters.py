@@ -26,7 +26,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from plural.data.container import PreferenceData, _show, read_ids
+from plural.data.container import PreferenceData
+from plural.data.ids import read_ids, show_value
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
     values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
-        raise ValueError(f"row {bad[0]}: {col} {_show(df[col].iloc[bad[0]])} is missing or not "
+        raise ValueError(f"row {bad[0]}: {col} {show_value(df[col].iloc[bad[0]])} is missing or not "
                          "a finite number")
     return values
 
@@ -399,7 +400,7 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
     records: dict = {"weights": None if margin is None else _numbers(df, margin)}
     if margin is not None and (records["weights"] < 0).any():
         row = int(np.flatnonzero(records["weights"] < 0)[0])
-        raise ValueError(f"row {row}: margin {_show(records['weights'][row])} must be >= 0")
+        raise ValueError(f"row {row}: margin {show_value(records['weights'][row])} must be >= 0")
     if prompt is not None and prompt in df.columns:
         texts = [None if _is_missing(v) else _as_text(v, r, prompt)
                  for r, v in enumerate(df[prompt])]
@@ -551,7 +552,7 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
     users, items, votes = _ids(df, user), _ids(df, item), _numbers(df, vote)
     bad = np.flatnonzero(~np.isin(votes, (-1.0, 0.0, 1.0)))
     if len(bad):
-        raise ValueError(f"row {bad[0]}: vote {_show(df[vote].iloc[bad[0]])} is not one of "
+        raise ValueError(f"row {bad[0]}: vote {show_value(df[vote].iloc[bad[0]])} is not one of "
                          "-1 (disagree), 0 (pass), 1 (agree)")
     groups = None if group is None else _ids(df, group)
     if groups is not None:

@@ -146,7 +146,9 @@ class UserStore(StorePersistence):
     def _to_gpu(self, index):
         faiss = import_faiss()
         if not hasattr(faiss, "index_cpu_to_all_gpus") or getattr(faiss, "get_num_gpus", lambda: 0)() < 1:
-            raise ImportError("use_gpu=True needs faiss-gpu and a visible GPU: pip install plural[gpu]")
+            from plural._packaging import FAISS_GPU_ROUTE
+
+            raise ImportError(f"use_gpu=True needs the GPU build of FAISS and a visible GPU: {FAISS_GPU_ROUTE}")
         return faiss.index_cpu_to_all_gpus(index)
 
     def _cpu_index(self):

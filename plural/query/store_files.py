@@ -35,12 +35,15 @@ class StoreError(ValueError):
 
 
 def import_faiss():
-    """The faiss module, or an ImportError that says what to install."""
+    """The faiss module, or an ImportError that says what to install (also when two FAISS builds
+    are installed at once: ``plural._packaging.check_faiss_distributions``)."""
+    from plural._packaging import FAISS_GPU_ROUTE, check_faiss_distributions
+
+    check_faiss_distributions()
     try:
         import faiss
     except ImportError as err:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError("UserStore needs FAISS: pip install faiss-cpu (or plural[gpu] for "
-                          "faiss-gpu-cu12)") from err
+        raise ImportError(f"UserStore needs FAISS: pip install faiss-cpu (for the GPU build: {FAISS_GPU_ROUTE})") from err
     return faiss
 
 
