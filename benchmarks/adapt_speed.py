@@ -34,7 +34,7 @@ def adam_adapt(model, support: dict, steps: int = 500, lr: float = 0.05) -> User
     precision = torch.linalg.inv(cov).float()
     mean = mean.float()
     with inference(model):
-        fn = model._support_margins(support)
+        fn = model.support_margins(support)
     u = torch.zeros(model.user_dim, requires_grad=True)
     opt = torch.optim.Adam([u], lr=lr)
     label, weight = support["label"], support["weight"]

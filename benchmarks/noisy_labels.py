@@ -54,8 +54,8 @@ def main() -> None:
         prob = predict_proba(model, data, test)
         entry = {"clean_test": summarize(prob, clean), "noisy_test": summarize(prob, data.label[test]),
                  "epochs": model.fit_report_["epochs"], "seconds": model.fit_report_["seconds"]}
-        if hasattr(model, "noise_rate_"):
-            entry["estimated_flip_rate"] = float(model.noise_rate_)
+        if "noise_rate_" in model.diagnostics():
+            entry["estimated_flip_rate"] = float(model.diagnostics()["noise_rate_"])
         result["models"][name] = entry
         print(f"{name:15s} clean-test acc {entry['clean_test']['accuracy']:.3f}  noisy-test acc "
               f"{entry['noisy_test']['accuracy']:.3f}  flip rate est {entry.get('estimated_flip_rate', float('nan')):.3f}",

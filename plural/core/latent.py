@@ -315,10 +315,6 @@ class LatentUserModel(PreferenceModel):
         with inference(self):
             return self._margins_of({k: v.to(self.device) for k, v in support.items()})
 
-    def _support_margins(self, support: dict):
-        """Deprecated name of :meth:`support_margins` (kept for scripts written against it)."""
-        return self.support_margins(support)
-
     def _margins_of(self, support: dict):
         """:meth:`support_margins` of a support already on the model's device, under :func:`inference`."""
         phi_a, bias_a = self.items(support["features_a"], support["item_a"])

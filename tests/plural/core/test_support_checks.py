@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from plural.core import model as model_module
+from plural.core import support as model_module  # where the support checks and their cap live
 from plural.query.active import ActiveSession
 from plural.query.personalize import StoreMismatchError, build_user_store, personalize
 from plural.core.batch import comparison_batch
