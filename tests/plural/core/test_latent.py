@@ -50,8 +50,8 @@ def test_support_margins_and_adaptation_prior_are_public(planted, fast_fit):
     batch = comparison_batch(data, list(range(30)), model)
     u = torch.randn(3, dtype=torch.float64)
     margins, jac = model.support_margins(batch)(u)
-    old_m, old_j = model._support_margins(batch)(u)  # the old name still answers (scripts use it)
-    torch.testing.assert_close((margins, jac), (old_m, old_j))
+    assert margins.shape == (30,) and jac.shape == (30, 3) and margins.dtype == torch.float64
+    assert not hasattr(model, "_support_margins")  # one public name
     mean, cov, precision = model.adaptation_prior()
     assert model.prior()[1] is cov and torch.equal(mean, model.prior()[0])
     torch.testing.assert_close(precision, torch.linalg.inv(cov))
