@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Collection, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable

@@ -33,22 +33,21 @@ Design (memory first: a million 32-d users take the FAISS index plus about 150 b
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from plural.core.fingerprint import model_fingerprint  # noqa: F401  (re-exported: plural.query.store.model_fingerprint)
+from plural.core.fingerprint import model_fingerprint  # noqa: F401,F811  (re-exported: plural.query.store.model_fingerprint)
 from plural.query.store_checks import as_id_list, check_covariances, check_vectors, checked_metadata
-from plural.query.store_files import COUNTERS, INDEX_KINDS, METRICS, StoreError, import_faiss
+from plural.query.store_files import COUNTERS, INDEX_KINDS, METRICS, StoreError, import_faiss  # noqa: F401 (StoreError re-exported)
 from plural.query.store_persistence import StorePersistence
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["AUTO_HNSW_THRESHOLD", "REBUILD_FRACTION", "StoreError", "UserStore", "model_fingerprint"]
 
 AUTO_HNSW_THRESHOLD = 50_000
 REBUILD_FRACTION = 0.2

@@ -106,7 +106,7 @@ class StorePersistence:
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,
-             expected_dim: int | None = None, *, model=None, use_gpu: bool | None = None) -> "UserStore":
+             expected_dim: int | None = None, *, model=None, use_gpu: bool | None = None):
         """Load a store written by :meth:`save` (format version 3, or 1 and 2 from earlier releases).
 
         Every file is checked against the sha256 recorded at save time (a save older than
