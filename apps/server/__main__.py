@@ -1,0 +1,5 @@
+"""``python -m apps.server RUN_DIR --port 8000``."""
+
+from apps.server.cli import main
+
+main()

@@ -1,0 +1,287 @@
+"""Request and response shapes of the HTTP API, and the limits every request is held to.
+
+Limits (a request over one gets a 413 or 422 whose message names the limit):
+
+==========================  =======  ==================================================
+``MAX_BODY_BYTES``          1 MiB    request body (413)
+``MAX_ID_LENGTH``           128      characters of a user, item or context id
+``MAX_TEXT_LENGTH``         2,000    characters of one text
+``MAX_TEXTS``               64       texts in one request (scored, or in comparisons)
+``MAX_COMPARISONS``         100      comparisons in one write
+``MAX_CANDIDATES``          1,000    item ids to score or rank, or to exclude
+``MAX_N``                   100      items one recommendation returns
+``MAX_BATCH_USERS``         100      users in one batch request
+``MAX_POOL``                500      candidate comparisons the next question is chosen from
+==========================  =======  ==================================================
+
+Ids are strings of 1 to ``MAX_ID_LENGTH`` characters without control characters (C0, DEL,
+C1) and without leading or trailing white space. Texts are 1 to ``MAX_TEXT_LENGTH`` characters
+without NUL. Labels are 1 (``a`` preferred), 0 (``b`` preferred) or 0.5 (a tie). Nothing in a
+request is evaluated or unpickled: bodies are JSON, parsed by pydantic into these models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_BODY_BYTES = 1 << 20
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 2000
+MAX_TEXTS = 64
+MAX_COMPARISONS = 100
+MAX_CANDIDATES = 1000
+MAX_N = 100
+MAX_BATCH_USERS = 100
+MAX_POOL = 500
+DEFAULT_POOL = 100
+MAX_WEIGHT = 1000.0
+
+LIMITS = {"max_body_bytes": MAX_BODY_BYTES, "max_id_length": MAX_ID_LENGTH, "max_text_length": MAX_TEXT_LENGTH,
+          "max_texts": MAX_TEXTS, "max_comparisons": MAX_COMPARISONS, "max_candidates": MAX_CANDIDATES,
+          "max_n": MAX_N, "max_batch_users": MAX_BATCH_USERS, "max_pool": MAX_POOL, "max_weight": MAX_WEIGHT}
+
+
+def _is_control(ch: str) -> bool:
+    o = ord(ch)
+    return o < 32 or 127 <= o < 160
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """``value`` if it is a valid id (see the module docstring), else a ValueError naming the problem."""
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    bad = next((ch for ch in value if _is_control(ch)), None)
+    if bad is not None:
+        raise ValueError(f"{what} must not contain control characters (found U+{ord(bad):04X})")
+    if value != value.strip():
+        raise ValueError(f"{what} must not start or end with white space")
+    return value
+
+
+def _check_text(value: str) -> str:
+    if not value:
+        raise ValueError("text must not be empty")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ValueError(f"text is {len(value)} characters long; the limit is {MAX_TEXT_LENGTH}")
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+UserId = Annotated[str, AfterValidator(lambda v: check_id(v, "user id"))]
+ItemId = Annotated[str, AfterValidator(lambda v: check_id(v, "item id"))]
+ContextId = Annotated[str, AfterValidator(lambda v: check_id(v, "context id"))]
+Text = Annotated[str, AfterValidator(_check_text)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComparisonIn(_Strict):
+    """One judgement: each side is a catalog item (``item_a``) or a text (``text_a``), not both."""
+
+    item_a: ItemId | None = None
+    item_b: ItemId | None = None
+    text_a: Text | None = None
+    text_b: Text | None = None
+    label: float = Field(description="1: a preferred, 0: b preferred, 0.5: a tie")
+    weight: float = Field(1.0, description=f"how much the judgement counts, 0 to {MAX_WEIGHT:g}")
+    context: ContextId | None = Field(None, description="the prompt / topic / conversation id, if any")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ComparisonIn":
+        if self.label not in (0.0, 0.5, 1.0):
+            raise ValueError(f"label must be 1 (a preferred), 0 (b preferred) or 0.5 (a tie), got {self.label!r}")
+        if not (math.isfinite(self.weight) and 0 <= self.weight <= MAX_WEIGHT):
+            raise ValueError(f"weight must be a finite number from 0 to {MAX_WEIGHT:g}, got {self.weight!r}")
+        for side in ("a", "b"):
+            item, text = getattr(self, f"item_{side}"), getattr(self, f"text_{side}")
+            if (item is None) == (text is None):
+                raise ValueError(f"side {side} needs exactly one of item_{side} or text_{side}")
+        if self.item_a is not None and self.item_a == self.item_b:
+            raise ValueError(f"item {self.item_a!r} is compared with itself")
+        if self.text_a is not None and self.text_a == self.text_b:
+            raise ValueError("a text is compared with itself")
+        return self
+
+
+class ComparisonsIn(_Strict):
+    comparisons: list[ComparisonIn] = Field(min_length=1, max_length=MAX_COMPARISONS)
+
+    @model_validator(mode="after")
+    def _count_texts(self) -> "ComparisonsIn":
+        n = sum((c.text_a is not None) + (c.text_b is not None) for c in self.comparisons)
+        if n > MAX_TEXTS:
+            raise ValueError(f"{n} texts in one request; the limit is {MAX_TEXTS}")
+        return self
+
+
+class CreateUserIn(ComparisonsIn):
+    user_id: UserId
+
+
+class ScoreIn(_Strict):
+    """Score catalog items and/or texts for a user, or for the population when ``user_id`` is null."""
+
+    user_id: UserId | None = None
+    item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
+    texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
+
+    @model_validator(mode="after")
+    def _something(self) -> "ScoreIn":
+        if not self.item_ids and not self.texts:
+            raise ValueError("give a non-empty list of item_ids or texts to score")
+        return self
+
+
+class RankIn(_Strict):
+    user_id: UserId | None = None
+    candidates: list[ItemId] = Field(min_length=1, max_length=MAX_CANDIDATES)
+
+
+class RecommendIn(_Strict):
+    user_id: UserId | None = None
+    n: int = Field(10, ge=1, le=MAX_N)
+    exclude_judged: bool = Field(True, description="leave out the items the user has judged")
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_CANDIDATES)
+    candidates: list[ItemId] | None = Field(None, min_length=1, max_length=MAX_CANDIDATES,
+                                            description="recommend only among these")
+
+
+class BatchScoreIn(_Strict):
+    user_ids: list[UserId | None] = Field(min_length=1, max_length=MAX_BATCH_USERS,
+                                          description="null scores for the population")
+    item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
+    texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
+
+    @model_validator(mode="after")
+    def _something(self) -> "BatchScoreIn":
+        if not self.item_ids and not self.texts:
+            raise ValueError("give a non-empty list of item_ids or texts to score")
+        return self
+
+
+class BatchRankIn(_Strict):
+    user_ids: list[UserId | None] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+    candidates: list[ItemId] = Field(min_length=1, max_length=MAX_CANDIDATES)
+
+
+class BatchRecommendIn(_Strict):
+    user_ids: list[UserId | None] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+    n: int = Field(10, ge=1, le=MAX_N)
+    exclude_judged: bool = True
+
+
+# ---------------------------------------------------------------------- responses
+class UserStateOut(BaseModel):
+    user_id: str
+    in_store: bool
+    n_comparisons: int = Field(description="comparisons the state is estimated from (training + logged)")
+    n_logged: int = Field(description="comparisons of this user in the feedback log")
+    vector: list[float] | None
+    covariance_diagonal: list[float] | None = Field(description="posterior variance of each coordinate, "
+                                                    "where the store keeps a covariance")
+    total_sd: float | None = Field(description="sqrt of the covariance's trace")
+    updated_at: float | None
+
+
+class WriteOut(BaseModel):
+    user_id: str
+    accepted: int
+    first_seq: int
+    last_seq: int
+    n_comparisons: int
+    created: bool
+    state: UserStateOut
+    replayed: bool = Field(False, description="true when this is the stored reply to a retried Idempotency-Key")
+
+
+class DeleteOut(BaseModel):
+    user_id: str
+    deleted: bool
+    removed_comparisons: int
+    removed_from_store: bool
+
+
+class ScoredItem(BaseModel):
+    item_id: str | None = None
+    text: str | None = None
+    score: float
+
+
+class ScoreOut(BaseModel):
+    user_id: str | None
+    scores: list[ScoredItem]
+
+
+class RankOut(BaseModel):
+    user_id: str | None
+    ranked: list[ScoredItem]
+
+
+class RecommendOut(BaseModel):
+    user_id: str | None
+    items: list[ScoredItem]
+
+
+class BatchScoreOut(BaseModel):
+    results: list[ScoreOut]
+
+
+class BatchRankOut(BaseModel):
+    results: list[RankOut]
+
+
+class BatchRecommendOut(BaseModel):
+    results: list[RecommendOut]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    text: str | None = None
+
+
+class QuestionOut(BaseModel):
+    user_id: str
+    item_a: ItemOut
+    item_b: ItemOut
+    score: float | None = Field(description="the strategy's value of asking it (nats of expected "
+                                "information gain for eig); null for random")
+    strategy: str
+    pool_size: int
+    n_comparisons: int
+
+
+class MapPoint(BaseModel):
+    x: float
+    y: float
+
+
+class MapOut(BaseModel):
+    snapshot_seq: int
+    computed_at: float
+    n_users: int
+    explained_variance_ratio: list[float]
+    points: list[list[float]] = Field(description="[x, y] of a seeded sample of stored users")
+    user: MapPoint | None = None
+
+
+class ItemsOut(BaseModel):
+    total: int
+    offset: int
+    items: list[ItemOut]
+
+
+class Problem(BaseModel):
+    detail: Any
+
+
+Strategy = Literal["eig", "targeted", "entropy", "random"]
