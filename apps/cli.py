@@ -69,8 +69,8 @@ def train(
     split: str = typer.Option(None, help=SPLIT_HELP),
     kind: str = typer.Option(None, help=KIND_HELP + " (default: pairs)"),
     column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
-    devices: str = typer.Option("auto", help="Lightning devices"),
-    strategy: str = typer.Option("auto", help="Lightning strategy, e.g. ddp"),
+    devices: str = typer.Option(None, help="Lightning devices, e.g. 2 or 0,1 (default: one device, the GPU if any)"),
+    strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp (default: none, one device)"),
     precision: str = typer.Option(None, help="Lightning precision, e.g. 16-mixed"),
     overwrite: bool = typer.Option(False, help="replace OUT even if it holds files that are not a plural run"),
 ) -> None:
@@ -91,7 +91,7 @@ def train(
     _quiet_lightning()
     start = time.perf_counter()
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
-                       split_mode=split, devices=_int_or_str(devices), strategy=strategy,
+                       split_mode=split, devices=None if devices is None else _int_or_str(devices), strategy=strategy,
                        precision=precision, overwrite=overwrite, read_options=read)
     rep = record["fit_report"]
     console.print(f"[bold]trained[/] {model} on {data} ({record['split_mode']} split): {record['n_train']} "
@@ -132,7 +132,7 @@ def demo(
     _check_models([model], "--model")
     console.rule(f"1. Bradley-Terry baseline on {data}")
     train(data=data, model="bradley_terry", out=out / "bradley_terry", seed=0, max_epochs=30,
-          batch_size=256, split=None, kind=None, column=[], devices="auto", strategy="auto", precision=None,
+          batch_size=256, split=None, kind=None, column=[], devices=None, strategy=None, precision=None,
           overwrite=False)
     eval_(out / "bradley_terry")
 
