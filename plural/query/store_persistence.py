@@ -60,8 +60,10 @@ class StorePersistence:
         ``user_id_bytes.npy`` (the user ids, UTF-8), ``n_comparisons.npy``, ``updated_at.npy`` (one
         entry per live user), ``metadata.json`` (the extra metadata of the users who have some) and
         ``covariance_rows.npy`` / ``covariances.npy`` (the users stored with a covariance, by
-        position, and their ``(dim, dim)`` matrices) and ``checksums.json``. An index holding tombstones (HNSW, GPU) is rebuilt first, so a removed
-        user's vector is not written.
+        position, and their ``(dim, dim)`` matrices) and ``checksums.json``. An index holding
+        tombstones (HNSW, GPU) is rebuilt first, so a removed user's vector is not written. The
+        store's lock is held only while a consistent copy is taken, not while files are written, so
+        reads and writes go on during a save (the save holds the store as it was when it began).
 
         Args:
             path: the target directory: new, empty, or an earlier save of a store.
@@ -72,37 +74,39 @@ class StorePersistence:
             StoreError: the store fails :meth:`check_consistency`, or another process holds the path.
         """
         faiss = import_faiss()
-        with self._lock:
+        with self._lock:  # a consistent copy of everything, then the slow writes without the lock
             self.check_consistency()
             if self._n_tombstones:
                 self.rebuild()
+            live = self._live_ids()
+            names = self._users[live].tolist()
+            manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
+                        "index": self.index_kind, "model_fingerprint": self.model_fingerprint,
+                        "count": len(live), "n_rows": int(self._index.ntotal),
+                        "created_at": self.created_at, "updated_at": self.updated_at,
+                        "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
+                        "hnsw_ef_construction": self.hnsw_ef_construction}
+            offsets, blob = encode_ids(names)
+            with_cov = [j for j, u in enumerate(names) if u in self._covariances]
+            arrays = {"rows": self._rows(live).astype(np.int64), "user_id_offsets": offsets,
+                      "user_id_bytes": blob, "n_comparisons": self._n_comparisons[live].copy(),
+                      "updated_at": self._updated_at[live].copy(),
+                      "covariance_rows": np.asarray(with_cov, dtype=np.int64),
+                      "covariances": (np.stack([self._covariances[names[j]] for j in with_cov]) if with_cov
+                                      else np.zeros((0, self.dim, self.dim), np.float32))}
+            metadata = json.dumps({u: self._extra[u] for u in names if u in self._extra})
+            index = self._cpu_index()
+            index = faiss.clone_index(index) if index is self._index else index  # ours to write alone
 
-            def fill(tmp: Path) -> None:
-                live = self._live_ids()
-                names = self._users[live].tolist()
-                manifest = {"format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
-                            "index": self.index_kind, "model_fingerprint": self.model_fingerprint,
-                            "count": len(live), "n_rows": int(self._index.ntotal),
-                            "created_at": self.created_at, "updated_at": self.updated_at,
-                            "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
-                            "hnsw_ef_construction": self.hnsw_ef_construction}
-                offsets, blob = encode_ids(names)
-                arrays = {"rows": self._rows(live).astype(np.int64), "user_id_offsets": offsets,
-                          "user_id_bytes": blob, "n_comparisons": self._n_comparisons[live],
-                          "updated_at": self._updated_at[live]}
-                for name, array in arrays.items():
-                    np.save(tmp / f"{name}.npy", array, allow_pickle=False)
-                (tmp / "metadata.json").write_text(json.dumps({u: self._extra[u] for u in names
-                                                               if u in self._extra}))
-                with_cov = [j for j, u in enumerate(names) if u in self._covariances]
-                np.save(tmp / "covariance_rows.npy", np.asarray(with_cov, dtype=np.int64), allow_pickle=False)
-                np.save(tmp / "covariances.npy", np.stack([self._covariances[names[j]] for j in with_cov])
-                        if with_cov else np.zeros((0, self.dim, self.dim), np.float32), allow_pickle=False)
-                faiss.write_index(self._cpu_index(), str(tmp / "index.faiss"))
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        def fill(tmp: Path) -> None:
+            for name, array in arrays.items():
+                np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            (tmp / "metadata.json").write_text(metadata)
+            faiss.write_index(index, str(tmp / "index.faiss"))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
 
-            return saved_dir.write(Path(path), fill, what="a UserStore", is_kind=is_store,
-                                   known_names=KNOWN_NAMES, overwrite=overwrite, error=StoreError)
+        return saved_dir.write(Path(path), fill, what="a UserStore", is_kind=is_store,
+                               known_names=KNOWN_NAMES, overwrite=overwrite, error=StoreError)
 
     @classmethod
     def load(cls, path: str | os.PathLike, expected_fingerprint: str | None = None,

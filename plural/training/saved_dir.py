@@ -85,7 +85,7 @@ def locked(path: Path, *, exclusive: bool, error: type[Exception], timeout: floa
                                 f"process (its lock on {parent} was held for {timeout:g} s); try again, or "
                                 "raise PLURAL_LOCK_TIMEOUT") from None
                 time.sleep(delay)
-                delay = min(2 * delay, 0.1)
+                delay = min(2 * delay, 0.02)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

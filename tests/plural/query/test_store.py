@@ -641,3 +641,21 @@ def test_a_version_2_save_without_covariances_still_loads(tmp_path):
     loaded = UserStore.load(path)
     _assert_same(store, loaded, x[:3])
     assert loaded.get_covariance("u0") == [None]
+
+
+def test_the_store_takes_reads_and_writes_while_a_save_writes_its_files(tmp_path, monkeypatch):
+    store, ids, x = _store("flat", n=20)
+    real_write = faiss.write_index
+    during = {}
+
+    def slow_write(index, path):
+        writer = threading.Thread(target=lambda: store.add(["during"], np.ones((1, D))))
+        writer.start()
+        writer.join(timeout=20)
+        during["blocked"] = writer.is_alive()
+        real_write(index, path)
+
+    monkeypatch.setattr(faiss, "write_index", slow_write)
+    path = store.save(tmp_path / "s")
+    assert during == {"blocked": False} and "during" in store
+    assert "during" not in UserStore.load(path)  # the save holds the store as it was when it began

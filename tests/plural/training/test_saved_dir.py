@@ -216,6 +216,7 @@ _SAVER = textwrap.dedent("""
     from plural.query.store import UserStore
     path, start, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     stop = time.monotonic() + float(sys.argv[4]) if len(sys.argv) > 4 else float("inf")
+    pause = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0  # flock is not fair: let readers in
     for version in range(start, start + count):
         if time.monotonic() > stop:
             break
@@ -225,6 +226,7 @@ _SAVER = textwrap.dedent("""
         store.add([f"u{i}" for i in range(n)], rng.standard_normal((n, 8)), [{"version": version}] * n)
         store.save(path)
         print(version, flush=True)
+        time.sleep(pause)
 """)
 
 
@@ -244,7 +246,7 @@ def _matches_version(loaded: UserStore, version: int) -> bool:
 
 def test_concurrent_saves_and_loads_in_two_processes(tmp_path):
     path = tmp_path / "s"
-    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), "0", "100000", "3"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path), "0", "100000", "3", "0.01"], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "0"
     seen = set()
