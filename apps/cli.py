@@ -119,6 +119,23 @@ def eval_(run: Path = typer.Argument(..., help="run directory written by `plural
 
 
 @app.command()
+def serve(
+    run: Path = typer.Argument(..., help="run directory written by `plural train`"),
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    state_dir: Path = typer.Option(None, help="the service's state (feedback log, snapshots); default RUN.serve"),
+    snapshot_every: float = typer.Option(30.0, help="seconds between background snapshots of the user store"),
+) -> None:
+    """Serve a trained run over HTTP for recommender backends (writes need $PLURAL_API_TOKEN when set)."""
+    try:
+        from apps.server.cli import serve as run_server
+    except ImportError as err:
+        raise ImportError(f"plural serve needs the serve extra: pip install 'plural[serve]' ({err})") from None
+    console.print(f"serving {run} on http://{host}:{port} (API under /v1, the page at /)")
+    run_server(run, host=host, port=port, state_dir=state_dir, snapshot_every_s=snapshot_every)
+
+
+@app.command()
 def demo(
     data: str = typer.Option("ukpconvarg1", help="bundled dataset for the baseline"),
     personal_data: str = typer.Option("polis", help="bundled dataset for the latent-user model"),
