@@ -15,6 +15,7 @@ torch at all, which is what keeps a K=8 user with 10 comparisons well under a mi
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Callable
 
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from plural.core.likelihood import label_log_likelihood, score_and_information
+
+logger = logging.getLogger(__name__)
 
 
 class LinearMargins:
@@ -80,58 +83,72 @@ def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
         n_steps: at most this many steps; a loop that reaches it with a step still above ``tol``
             warns with :class:`ConvergenceWarning`.
         noise_rate: label-flip probability of the likelihood.
-        tol: stop when every problem's step moves its ``u`` less than this (max-norm).
+        tol: a problem whose step moves its ``u`` less than this (max-norm) has converged and
+            takes no more steps; the loop ends when all have.
 
     Returns:
         ``(modes (C, K), Hessians of the negative log-posterior at the modes (C, K, K))``; the
         Hessian's inverse is the Laplace covariance.
     """
     u = np.array(init, dtype=np.float64)
+    mean = np.broadcast_to(prior_mean, u.shape)
     prec = prior_precision if prior_precision.ndim == 3 else prior_precision[None]  # (1 or C, K, K)
 
-    def log_posterior(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-        d = (v - prior_mean)[..., None]
-        return (weight * label_log_likelihood(m, label, noise_rate)).sum(-1) - 0.5 * (d * (prec @ d)).sum((-2, -1))
+    def rows_of(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return a if a.shape[0] == 1 and len(u) != 1 else a[idx]  # shared (leading 1) or per problem
+
+    def log_posterior(m: np.ndarray, v: np.ndarray, mu: np.ndarray, p: np.ndarray) -> np.ndarray:
+        d = (v - mu)[..., None]
+        return (weight * label_log_likelihood(m, label, noise_rate)).sum(-1) - 0.5 * (d * (p @ d)).sum((-2, -1))
 
     def transposed(jac: np.ndarray) -> np.ndarray:
         return jac.T[None] if jac.ndim == 2 else np.swapaxes(jac, -1, -2)  # (1 or C, K, k)
 
-    def hessian(m: np.ndarray, jac_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def hessian(m: np.ndarray, jac_t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, info = score_and_information(stable_sigmoid(m), label, noise_rate)
-        return weight * score, prec + (jac_t * (weight * info)[:, None, :]) @ np.swapaxes(jac_t, -1, -2)
+        return weight * score, p + (jac_t * (weight * info)[:, None, :]) @ np.swapaxes(jac_t, -1, -2)
 
     m, jac = evaluate(u)
-    f = log_posterior(m, u)
+    jac = np.array(jac) if jac.ndim == 3 else jac  # written into per problem below
+    f = log_posterior(m, u, mean, prec)
+    active = np.arange(len(u))  # the problems still moving: converged ones are left where they are
     moved = None
     for _ in range(n_steps):
-        jac_t = transposed(jac)
-        resid, hess = hessian(m, jac_t)
-        grad = (jac_t @ resid[..., None] - prec @ (u - prior_mean)[..., None])[..., 0]
+        if not len(active):
+            break
+        u_a, m_a, mu_a, p_a = u[active], m[active], mean[active], rows_of(prec, active)
+        jac_a = jac if jac.ndim == 2 else jac[active]
+        jac_t = transposed(jac_a)
+        resid, hess = hessian(m_a, jac_t, p_a)
+        grad = (jac_t @ resid[..., None] - p_a @ (u_a - mu_a)[..., None])[..., 0]
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
-        scale = np.ones(len(u))
+        scale = np.ones(len(active))
         for _ in range(MAX_HALVINGS):
-            candidate = u + scale[:, None] * step
+            candidate = u_a + scale[:, None] * step
             m_new, jac_new = evaluate(candidate)
-            f_new = log_posterior(m_new, candidate)
-            worse = ~(f_new >= f - 1e-12 * np.abs(f))
+            f_new = log_posterior(m_new, candidate, mu_a, p_a)
+            worse = ~(f_new >= f[active] - 1e-12 * np.abs(f[active]))
             if not worse.any():
                 break
             scale[worse] *= 0.5
         else:  # no halving helps: those problems stay where they are
             scale[worse] = 0.0
-            candidate = u + scale[:, None] * step
+            candidate = u_a + scale[:, None] * step
             m_new, jac_new = evaluate(candidate)
-            f_new = log_posterior(m_new, candidate)
-        u, m, jac, f = candidate, m_new, jac_new, f_new
-        moved = np.abs(scale[:, None] * step).max()
-        if moved < tol:
-            break
+            f_new = log_posterior(m_new, candidate, mu_a, p_a)
+        u[active], m[active], f[active] = candidate, m_new, f_new
+        if jac.ndim == 3:
+            jac[active] = jac_new
+        moves = np.abs(scale[:, None] * step).max(axis=1)
+        moved = float(moves.max())
+        active = active[moves >= tol]
     else:
-        if moved is not None:
-            warnings.warn(f"Newton's method stopped after {n_steps} steps with a last step of {moved:.2g} "
-                          f"(tolerance {tol:g}); raise the number of steps (adapt_steps) for an exact mode",
-                          ConvergenceWarning, stacklevel=3)
-    hess = prec if n_steps == 0 else hessian(m, transposed(jac))[1]
+        if len(active):
+            # one text per place, so the default filter shows it once rather than on every query
+            warnings.warn("Newton's method stopped at its step limit before converging; raise the number of "
+                          "steps (adapt_steps) for an exact mode", ConvergenceWarning, stacklevel=3)
+            logger.debug("Newton's method: last step %.2g after %d steps (tolerance %g)", moved, n_steps, tol)
+    hess = prec if n_steps == 0 else hessian(m, transposed(jac), prec)[1]
     return u, np.broadcast_to(hess, u.shape[:1] + hess.shape[-2:]).copy()
 
 
