@@ -114,7 +114,7 @@ def test_the_data_folder_is_not_a_package_and_hf_datasets_wins():
 
 # ---------------------------------------------------------------------------- FAISS
 def test_two_faiss_distributions_are_refused_with_the_way_out():
-    from plural._packaging import (FAISS_GPU_ROUTE, FaissInstallError, check_faiss_distributions,
+    from plural.installation import (FAISS_GPU_ROUTE, FaissInstallError, check_faiss_distributions,
                                    installed_faiss_distributions)
 
     check_faiss_distributions((("faiss-cpu", "1.8.0"),))
@@ -133,7 +133,7 @@ def test_two_faiss_distributions_are_refused_with_the_way_out():
 
 
 def test_the_store_refuses_two_faiss_builds_at_once(monkeypatch):
-    from plural import _packaging
+    from plural import installation as _packaging
     from plural.query.store_files import import_faiss
 
     monkeypatch.setattr(_packaging, "installed_faiss_distributions",

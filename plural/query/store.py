@@ -145,7 +145,7 @@ class UserStore(StorePersistence):
     def _to_gpu(self, index):
         faiss = import_faiss()
         if not hasattr(faiss, "index_cpu_to_all_gpus") or getattr(faiss, "get_num_gpus", lambda: 0)() < 1:
-            from plural._packaging import FAISS_GPU_ROUTE
+            from plural.installation import FAISS_GPU_ROUTE
 
             raise ImportError(f"use_gpu=True needs the GPU build of FAISS and a visible GPU: {FAISS_GPU_ROUTE}")
         return faiss.index_cpu_to_all_gpus(index)

@@ -36,8 +36,8 @@ class StoreError(ValueError):
 
 def import_faiss():
     """The faiss module, or an ImportError that says what to install (also when two FAISS builds
-    are installed at once: ``plural._packaging.check_faiss_distributions``)."""
-    from plural._packaging import FAISS_GPU_ROUTE, check_faiss_distributions
+    are installed at once: ``plural.installation.check_faiss_distributions``)."""
+    from plural.installation import FAISS_GPU_ROUTE, check_faiss_distributions
 
     check_faiss_distributions()
     try:
