@@ -53,16 +53,14 @@ from pyro import poutine
 from torch import nn
 
 from plural.core.latent import LatentConfig, LatentUserModel, inference
-from plural.core.layers import HybridItems, mlp
+from plural.core.layers import HybridItems
 from plural.core.likelihood import bradley_terry_nll, preference_probability
 from plural.core.model import INNER_PRODUCT, RetrievalForm, UserState, register_model
+from user_models.vpl_encoder import (LOG_STD_RANGE, MAX_SAMPLING_KEYS, SetEncoder, gaussian_kl,  # noqa: F401
+                                     sample_context, swap_prior)
 
 logger = logging.getLogger(__name__)
 
-LOG_STD_RANGE = (-7.0, 2.0)
-"""Bounds of the encoder's log standard deviation."""
-MAX_SAMPLING_KEYS = 1 << 24
-"""Above this many (users x longest history) random keys per step, contexts are drawn with replacement."""
 ENCODE_CHUNK = 16384
 """Comparisons per encoder pass when encoding every training user."""
 _TRAIN_KEYS = ("indptr", "features", "item_of_row", "row_a", "row_b", "label", "weight")
@@ -120,110 +118,6 @@ class VPLConfig(LatentConfig):
             raise ValueError(f"encoder_hidden must be >= 1, got {self.encoder_hidden!r}")
         if not self.encoder_lr_multiplier > 0:
             raise ValueError(f"encoder_lr_multiplier must be > 0, got {self.encoder_lr_multiplier!r}")
-
-
-# ---------------------------------------------------------------------- pure functions
-def gaussian_kl(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Elementwise ``KL(N(mean, std^2) || N(0, 1))``, same shape as ``mean``."""
-    return 0.5 * (mean.pow(2) + std.pow(2) - 1) - torch.log(std)
-
-
-def swap_prior(mean: torch.Tensor, var: torch.Tensor, prior: UserState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a Gaussian posterior ``N(mean, diag(var))`` found under the N(0, I) prior to ``prior``:
-    ``q'(z) ∝ q(z) prior(z) / N(z; 0, I)``. Where that precision is not positive definite (a prior
-    broader than N(0, I)), its eigenvalues are floored at the prior's smallest precision.
-
-    Returns ``(mean (K,), covariance (K, K))`` in float64.
-    """
-    k = len(mean)
-    eye = torch.eye(k, dtype=torch.float64)
-    prior_mean = prior.vector.double().cpu()
-    prior_cov = eye if prior.covariance is None else prior.covariance.double().cpu()
-    prior_precision = torch.linalg.inv(prior_cov)
-    precision = torch.diag(1 / var) + prior_precision - eye
-    evals, evecs = torch.linalg.eigh((precision + precision.T) / 2)
-    evals = evals.clamp_min(float(torch.linalg.eigvalsh(prior_precision).min()))
-    cov = evecs @ torch.diag(1 / evals) @ evecs.T
-    return cov @ (mean / var + prior_precision @ prior_mean), cov
-
-
-def sample_context(indptr: torch.Tensor, users: torch.Tensor, size: int,
-                   max_keys: int = MAX_SAMPLING_KEYS, vary_size: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random subset of at most ``size`` of each user's comparisons, without replacement.
-
-    With ``vary_size`` each user keeps a uniformly drawn number of them, from 1 to all it could
-    keep, so the encoder also learns what one or two comparisons say (as ``adapt`` at small k asks).
-
-    Args:
-        indptr: ``(n_users + 1,)`` CSR offsets of each user's comparisons.
-        users: ``(U,)`` user indices.
-        size: the most comparisons per user.
-        max_keys: above ``U * longest history`` random keys, users with more than ``size``
-            comparisons are sampled with replacement instead (bounded memory).
-
-    Returns:
-        ``positions (M,)`` into the CSR order and ``segment (M,)``: which of ``users`` each belongs to.
-    """
-    device = indptr.device
-    start = indptr[users]
-    count = indptr[users + 1] - start
-    n = len(users)
-    width = int(count.max()) if n else 0
-    if width <= size:
-        pos = torch.arange(width, device=device).expand(n, width)
-    elif n * width <= max_keys:
-        keys = torch.rand(n, width, device=device)
-        keys = keys.masked_fill(torch.arange(width, device=device) >= count[:, None], -1.0)
-        pos = keys.topk(size, dim=1).indices
-    else:
-        ar = torch.arange(size, device=device).expand(n, size)
-        drawn = (torch.rand(n, size, device=device) * count[:, None]).long()
-        pos = torch.where((count > size)[:, None], drawn, ar)
-    keep = pos < count[:, None]
-    if vary_size and n:
-        available = keep.sum(1)
-        limit = 1 + (torch.rand(n, device=device) * available).long()
-        keys = torch.rand(pos.shape, device=device).masked_fill(~keep, 2.0)  # invalid positions rank last
-        keep = keep & (keys.argsort(dim=1).argsort(dim=1) < limit[:, None])
-    segment = torch.arange(n, device=device)[:, None].expand_as(pos)
-    return (start[:, None] + pos)[keep], segment[keep]
-
-
-class SetEncoder(nn.Module):
-    """Permutation-invariant encoder of a user's comparisons into a Gaussian over ``z``.
-
-    ``forward(phi_a (M, h), phi_b (M, h), label (M,), weight (M,), segment (M,), n_sets)`` returns
-    ``mean (n_sets, K)`` and ``log_std (n_sets, K)``; ``segment`` says which set each comparison is in.
-    """
-
-    def __init__(self, item_dim: int, hidden: int, n_components: int, context_size: int,
-                 dropout: float = 0.0, feature_dim: int | None = None) -> None:
-        super().__init__()
-        self.context_size = context_size
-        # the raw features' signed difference, through a map of the encoder's own: phi is shaped by
-        # the population reward and need not carry what tells users apart until z does
-        self.feature_map = None if feature_dim is None else nn.Linear(feature_dim, item_dim, bias=False)
-        n_in = 2 * item_dim + (0 if feature_dim is None else item_dim)
-        self.comparison_net = mlp(n_in, hidden, hidden, dropout)
-        self.posterior_head = mlp(hidden + 1, hidden, 2 * n_components, dropout)
-
-    def forward(self, phi_a, phi_b, label, weight, segment, n_sets, x_a=None, x_b=None):
-        sign = (2 * label.to(phi_a.dtype) - 1).unsqueeze(-1)
-        parts = [sign * (phi_a - phi_b), phi_a + phi_b]
-        if self.feature_map is not None:
-            if x_a is None or x_b is None:
-                raise ValueError("this encoder reads the items' features: pass x_a and x_b")
-            parts.append(self.feature_map(sign * (x_a.to(phi_a.dtype) - x_b.to(phi_a.dtype))))
-        h = self.comparison_net(torch.cat(parts, dim=-1))
-        w = weight.to(h.dtype)
-        total = h.new_zeros(n_sets, h.shape[-1]).index_add_(0, segment, h * w[:, None])
-        mass = h.new_zeros(n_sets).index_add_(0, segment, w)
-        count = h.new_zeros(n_sets).index_add_(0, segment, torch.ones_like(w))
-        pooled = total / mass.clamp_min(1e-12)[:, None]
-        size = torch.log1p(count.clamp_max(self.context_size))[:, None]
-        mean, log_std = self.posterior_head(torch.cat([pooled, size], dim=-1)).chunk(2, dim=-1)
-        return mean, log_std.clamp(*LOG_STD_RANGE)
 
 
 class _Posterior(NamedTuple):
