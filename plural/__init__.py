@@ -50,7 +50,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "plural.evaluation.metrics",
     "predict_proba": "plural.evaluation.metrics",
     "few_shot_curve": "plural.evaluation.fewshot",
-    "MAX_SUPPORT": "plural.core.model",
+    "MAX_SUPPORT": "plural.core.support",
     "ModelConfig": "plural.core.model",
     "NotFittedError": "plural.core.model",
     "PreferenceModel": "plural.core.model",
@@ -90,8 +90,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
     from plural.core.batch import comparison_batch
-    from plural.core.model import (MAX_SUPPORT, ModelConfig, NotFittedError, PreferenceModel, UserState,
-                                   available_models, make_model, register_model)
+    from plural.core.model import (ModelConfig, NotFittedError, PreferenceModel, UserState, available_models,
+                                   make_model, register_model)
+    from plural.core.support import MAX_SUPPORT
     from plural.data import (PreferenceData, from_file, from_hf_dataset, from_pandas, from_rankings,
                              from_ratings, from_trl, from_votes, load, make_episodes, split_comparisons,
                              split_users)

@@ -60,7 +60,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -445,8 +445,3 @@ class FeedbackLog:
         if conn is not None:
             conn.close()
             self._local.conn = None
-
-
-def rows_as_dicts(rows: Iterable[Row]) -> list[dict]:
-    """Rows as the JSON the API shows."""
-    return [{k: v for k, v in r.__dict__.items() if v is not None} for r in rows]

@@ -44,6 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from plural.training.saved_dir import fsync_path
+
 from apps.server import library
 from apps.server.feedback import FeedbackLog, Idempotent, IdempotencyConflict, Row, user_hash
 
@@ -62,7 +64,7 @@ class ServiceError(Exception):
 
 
 class BadRequest(ServiceError):
-    status = 400
+    pass
 
 
 class NotFound(ServiceError):
@@ -94,11 +96,7 @@ def _write_json_atomically(path: Path, obj: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path.parent)
 
 
 def _show(ids: Sequence[str], n: int = 5) -> str:
@@ -214,7 +212,6 @@ class Service:
         self._loader: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._population = None
-        self._pool_pairs: tuple[np.ndarray, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ start and stop
     def start(self, background: bool = True) -> None:
@@ -259,8 +256,6 @@ class Service:
         self.log = FeedbackLog(self.state_dir / "feedback.sqlite", synchronous=self.synchronous,
                                meta={"run_dir": str(self.run_dir.resolve()), "model_fingerprint": run.fingerprint})
         self.pool = library.question_pool(run, POOL_PAIRS)
-        if self.pool is not None:
-            self._pool_pairs = (self.pool.item_a, self.pool.item_b)
         self._population = library.population_state(run.model)
         self.status = "loading the user store"
         watermark = self._load_store()
@@ -426,9 +421,8 @@ class Service:
         run = self.run
         data = run.data
         base = self._base_rows(user_id)
-        ids = np.asarray(data.item_ids, dtype=object)
-        keys_a = ids[data.item_a[base]].tolist()
-        keys_b = ids[data.item_b[base]].tolist()
+        keys_a = data.item_ids[data.item_a[base]].tolist()  # item_ids is already an array of str
+        keys_b = data.item_ids[data.item_b[base]].tolist()
         labels = data.label[base].astype(np.float64).tolist()
         weights = data.weight[base].astype(np.float64).tolist()
         ctx = data.context[base]
@@ -587,8 +581,7 @@ class Service:
         base = self._base_rows(user_id)
         if len(base):
             data = self.run.data
-            ids = data.item_ids
-            judged.update(str(ids[i]) for i in np.unique(np.concatenate([data.item_a[base], data.item_b[base]])))
+            judged.update(data.item_ids[data.items_of(base)].tolist())
         return judged
 
     def score(self, user_id: str | None, item_ids: list[str] | None, texts: list[str] | None) -> dict:
@@ -692,7 +685,7 @@ class Service:
             n = int(library.store_metadata(self.store, user_id).get("n_comparisons", 0))
         else:
             state, n = self._population, 0
-        a, b = self._pool_pairs
+        a, b = self.pool.item_a, self.pool.item_b
         compared = self._compared_pairs(user_id)
         if compared:
             lo, hi = np.minimum(a, b), np.maximum(a, b)

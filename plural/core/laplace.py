@@ -94,8 +94,6 @@ def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
     mean = np.broadcast_to(prior_mean, u.shape)
     prec = prior_precision if prior_precision.ndim == 3 else prior_precision[None]  # (1 or C, K, K)
 
-    def rows_of(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        return a if a.shape[0] == 1 and len(u) != 1 else a[idx]  # shared (leading 1) or per problem
 
     def log_posterior(m: np.ndarray, v: np.ndarray, mu: np.ndarray, p: np.ndarray) -> np.ndarray:
         d = (v - mu)[..., None]
@@ -116,7 +114,8 @@ def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
     for _ in range(n_steps):
         if not len(active):
             break
-        u_a, m_a, mu_a, p_a = u[active], m[active], mean[active], rows_of(prec, active)
+        u_a, m_a, mu_a = u[active], m[active], mean[active]
+        p_a = prec if len(prec) == 1 else prec[active]  # shared, or one per problem
         jac_a = jac if jac.ndim == 2 else jac[active]
         jac_t = transposed(jac_a)
         resid, hess = hessian(m_a, jac_t, p_a)

@@ -49,9 +49,8 @@ import pytorch_lightning as pl
 import torch
 
 from plural.core.likelihood import bradley_terry_nll, preference_probability
-from plural.core.registry import (ENTRY_POINT_GROUP, available_models, make_model, model_class,  # noqa: F401
-                                  register_model)
-from plural.core.support import MAX_SUPPORT, SUPPORT_SEED, check_support  # noqa: F401
+from plural.core.registry import available_models, make_model, model_class, register_model  # noqa: F401
+from plural.core.support import MAX_SUPPORT, check_support  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

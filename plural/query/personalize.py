@@ -118,7 +118,7 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
 
     Raises:
         ValueError: a bad argument or support (:meth:`plural.core.model.PreferenceModel.check_support`,
-            which also cuts a support to ``plural.core.model.MAX_SUPPORT`` comparisons), or a store of
+            which also cuts a support to ``plural.core.support.MAX_SUPPORT`` comparisons), or a store of
             another model (:class:`StoreMismatchError`).
     """
     if not 0 <= shrinkage <= 1:
@@ -127,11 +127,14 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
-    support = model.check_support(support)
     if check_fingerprint and store is not None:
         check_store_fingerprint(model, store)
+    if not supports_retrieval(model):  # adapt checks the support itself: once per query
+        state = model.adapt(support)
+        return (state, []) if return_neighbors else state
+    support = model.check_support(support)
     n = 0 if support is None else int(len(support["label"]))
-    if n == 0 or not supports_retrieval(model):
+    if n == 0:
         state = model.adapt(support)
         return (state, []) if return_neighbors else state
     if store.dim != model.user_dim:

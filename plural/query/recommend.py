@@ -472,7 +472,5 @@ ITEM_INDEX_VERSION = 1
 
 
 def _is_item_index(path: Path) -> bool:
-    try:
-        return "format_version" in json.loads((path / ITEM_INDEX_FILE).read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+    meta = saved_dir.marker(path, ITEM_INDEX_FILE)
+    return meta is not None and "format_version" in meta

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 import numpy as np
 
+from plural.training import saved_dir
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3
@@ -70,11 +72,8 @@ def decode_ids(offsets: np.ndarray, blob: np.ndarray) -> np.ndarray:
 
 def is_store(path: Path) -> bool:
     """Whether the directory ``path`` holds a saved store's manifest (for the save guard)."""
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format_version") in LOADABLE_VERSIONS
+    manifest = saved_dir.marker(path, MANIFEST)
+    return manifest is not None and manifest.get("format_version") in LOADABLE_VERSIONS
 
 
 def check_index_matches(path: Path, index, manifest: dict) -> None:

@@ -42,11 +42,8 @@ class CheckpointError(ValueError):
 
 def is_checkpoint(path: Path) -> bool:
     """Whether the directory ``path`` holds a checkpoint's ``config.json`` (for the save guard)."""
-    try:
-        config = json.loads((Path(path) / CONFIG).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(config, dict) and "format_version" in config and "model" in config
+    config = saved_dir.marker(path, CONFIG)
+    return config is not None and "format_version" in config and "model" in config
 
 
 def save_model(model: PreferenceModel, path: str | os.PathLike, extra: dict[str, Any] | None = None, *,

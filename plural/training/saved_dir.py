@@ -192,6 +192,16 @@ def record_checksums(path: Path) -> dict[str, str]:
     return digests
 
 
+def marker(path: Path, name: str) -> dict | None:
+    """The JSON object in ``path/name`` (a save's marker file: a manifest, a config), or None when
+    it is missing or not a JSON object; what each kind's ``is_kind`` test for the save guard reads."""
+    try:
+        content = json.loads((Path(path) / name).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
 def foreign_entries(path: Path, is_kind: Callable[[Path], bool], known_names: Collection[str]) -> list[str]:
     """The entries of the directory ``path`` that a save of this kind did not write (all of them
     when ``path`` is not such a save; none for an empty directory), sorted."""
@@ -204,13 +214,6 @@ def foreign_entries(path: Path, is_kind: Callable[[Path], bool], known_names: Co
         recorded = None
     ours = (set(recorded) | {CHECKSUMS}) if recorded is not None else set(known_names)
     return sorted(entries - ours)
-
-
-def recognised(path: Path, is_kind: Callable[[Path], bool], known_names: Collection[str]) -> bool:
-    """Whether ``path`` is empty or a save that :func:`write` may replace: ``is_kind(path)`` holds and
-    every entry is one the save wrote (listed in its checksums, or one of ``known_names`` for a save
-    older than checksums)."""
-    return not foreign_entries(path, is_kind, known_names)
 
 
 def resolve(path: Path, marker: str) -> Path:

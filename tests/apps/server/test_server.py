@@ -86,7 +86,7 @@ def test_writes_need_the_token_reads_do_not(server, http, trained):
         assert r.headers["www-authenticate"] == "Bearer"
     assert http.post("/v1/users/auth-user/comparisons", json=comparisons(("i1", "i2"))).status_code == 401
     assert http.delete(f"/v1/users/{trained[0]}").status_code == 401
-    assert rows_in_log(server, "auth-user") == 0 and trained[0] in http.get("/v1/users/" + trained[0]).json()["user_id"]
+    assert rows_in_log(server, "auth-user") == 0 and http.get("/v1/users/" + trained[0]).json()["user_id"] == trained[0]
     r = http.post("/v1/users", json=body, headers=AUTH)
     assert r.status_code == 201, r.text
     assert http.get("/v1/users/auth-user").status_code == 200  # reads are open

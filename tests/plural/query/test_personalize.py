@@ -88,10 +88,16 @@ def test_ideal_point_goes_through_the_store_too(setup):
     assert torch.isfinite(state.vector).all() and torch.linalg.eigvalsh(state.covariance).min() > 0
 
 
-def test_all_prior_mass_on_the_population_is_plain_adapt(setup):
+@pytest.mark.parametrize("noise_rate", [0.0, 0.25])
+def test_all_prior_mass_on_the_population_is_plain_adapt(setup, noise_rate):
     # one mixture component, the population prior: the batched mixture posterior must then be the
-    # Newton/Laplace posterior of model.adapt (same mode, same covariance)
-    _, data, model, episodes = setup
+    # Newton/Laplace posterior of model.adapt (same mode, same covariance); with a label-noise rate
+    # too, so personalize and adapt share the same noisy Bradley-Terry likelihood
+    import copy
+
+    _, data, fitted, episodes = setup
+    model = copy.deepcopy(fitted)
+    model.config = dataclasses.replace(model.config, noise_rate=noise_rate)
     store = build_user_store(model)
     for ep in episodes[:5]:
         support = comparison_batch(data, ep.support(8), model)
@@ -99,6 +105,10 @@ def test_all_prior_mass_on_the_population_is_plain_adapt(setup):
         plain = model.adapt(support)
         torch.testing.assert_close(mixed.vector, plain.vector, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(mixed.covariance, plain.covariance, atol=1e-4, rtol=1e-4)
+    if noise_rate:  # and the noise rate matters
+        clean = fitted.adapt(comparison_batch(data, episodes[0].support(8), fitted))
+        noisy = model.adapt(comparison_batch(data, episodes[0].support(8), model))
+        assert not torch.allclose(noisy.vector, clean.vector, atol=1e-3)
 
 
 def test_searched_and_exhaustive_stores_agree_when_the_search_returns_everyone(setup):
@@ -186,23 +196,3 @@ def test_user_contexts_survive_a_checkpoint_and_are_checked(in_two_contexts, tmp
     assert load_model(tmp_path / "m").user_contexts_ == model.user_contexts_
     with pytest.raises(ValueError, match="unknown"):
         make_model("low_rank").build(4, ["a"], ["i"], ["even"], [3], [["odd"]])
-
-
-def test_personalize_and_adapt_share_the_noisy_likelihood(setup):
-    # with a label-noise rate the likelihood changes; personalize (all mass on the population) must
-    # still give adapt's posterior, so both use the same noisy Bradley-Terry likelihood
-    import copy
-
-    _, data, fitted, episodes = setup
-    model = copy.deepcopy(fitted)
-    model.config = dataclasses.replace(model.config, noise_rate=0.25)
-    store = build_user_store(model)
-    clean = fitted.adapt(comparison_batch(data, episodes[0].support(8), fitted))
-    for ep in episodes[:5]:
-        support = comparison_batch(data, ep.support(8), model)
-        mixed = personalize(model, store, support, shrinkage=1.0)
-        plain = model.adapt(support)
-        torch.testing.assert_close(mixed.vector, plain.vector, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(mixed.covariance, plain.covariance, atol=1e-4, rtol=1e-4)
-    noisy = model.adapt(comparison_batch(data, episodes[0].support(8), model))
-    assert not torch.allclose(noisy.vector, clean.vector, atol=1e-3)  # the noise rate matters
