@@ -69,6 +69,11 @@ def train(
     split: str = typer.Option(None, help=SPLIT_HELP),
     kind: str = typer.Option(None, help=KIND_HELP + " (default: pairs)"),
     column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
+    encoder: str = typer.Option(None, help="sentence-transformers model name or path for item texts "
+                                "(default: the bundled MiniLM); the checkpoint records it"),
+    max_length: int = typer.Option(None, help="tokens the text encoder reads at once (default: the model's own)"),
+    long_texts: str = typer.Option("chunk", help="texts longer than --max-length: chunk (embed in windows and "
+                                   "pool), truncate (with a warning) or error"),
     devices: str = typer.Option(None, help="Lightning devices, e.g. 2 or 0,1 (default: one device, the GPU if any)"),
     strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp (default: none, one device)"),
     precision: str = typer.Option(None, help="Lightning precision, e.g. 16-mixed"),
@@ -86,12 +91,17 @@ def train(
                                      f"file", param_hint="--kind/--column")
     else:
         read = dict(kind=kind or "pairs", **read)
+    from plural.data.encoders import TextEncoder
     from plural.training.runs import train_run
 
+    try:
+        text_encoder = TextEncoder(encoder, max_length=max_length, long_texts=long_texts)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--max-length/--long-texts") from None
     _quiet_lightning()
     start = time.perf_counter()
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
-                       split_mode=split, devices=None if devices is None else _int_or_str(devices), strategy=strategy,
+                       split_mode=split, encoder=text_encoder, devices=None if devices is None else _int_or_str(devices), strategy=strategy,
                        precision=precision, overwrite=overwrite, read_options=read)
     rep = record["fit_report"]
     console.print(f"[bold]trained[/] {model} on {data} ({record['split_mode']} split): {record['n_train']} "

@@ -64,13 +64,14 @@ def is_run(run_dir: Path) -> bool:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """Load the model (``plural.load_model``, which verifies every file of the run), the dataset the
     run recorded (``plural.training.runs.load_dataset``, with its read options) and its features
-    (``ensure_features``: text items are embedded with the default ``TextEncoder``, from its cache).
+    (``ensure_features``: text items are embedded with the encoder the model was trained with, as its
+    checkpoint records it, or the default ``TextEncoder`` for a checkpoint that records none).
 
     Texts sent to the service can be scored only when the catalog's features *are* text
     embeddings: the dataset had item texts and no features of its own.
     """
     import plural
-    from plural.data.encoders import TextEncoder, ensure_features
+    from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
     from plural.training.runs import load_dataset
 
     run_dir = Path(run_dir)
@@ -84,7 +85,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         raise FileNotFoundError(f"{run_dir}: the run was trained on the file {source}, which is not there now")
     raw = load_dataset(source, **options)
     texts_supported = raw.item_features is None and raw.item_text is not None
-    encoder = TextEncoder() if texts_supported else None
+    encoder = (resolve_encoder(getattr(model, "encoder_spec_", None)) or TextEncoder()) if texts_supported else None
     data = ensure_features(raw, encoder)
     if data.feature_dim != model.feature_dim_:
         raise ValueError(f"{run_dir}: the catalog's features are {data.feature_dim}-d but the model expects "

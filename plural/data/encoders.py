@@ -97,10 +97,21 @@ class TextEncoder:
         normalize: scale every returned row to unit L2 norm. ``False`` returns what the model
             outputs (the default MiniLM normalizes by itself).
         show_progress: show the sentence-transformers progress bar while embedding.
+        max_length: the most tokens the model reads at once (special tokens included). None: the
+            model's own ``max_seq_length`` (256 for the bundled MiniLM). It may not exceed the
+            model's position table (512 for MiniLM).
+        long_texts: what happens to a text with more tokens than ``max_length``:
+            ``"chunk"`` (default) embeds it in consecutive windows of ``max_length`` tokens and
+            pools them (mean weighted by each window's tokens), so every token counts;
+            ``"truncate"`` embeds its first ``max_length`` tokens, as sentence-transformers does,
+            and logs a warning with the count; ``"error"`` raises ``ValueError`` naming the text.
+        cache: False embeds every text afresh and writes nothing to disk (the cache is not opened).
 
     Attributes:
         n_embedded_: texts sent to the model so far (distinct texts; cumulative).
         n_cache_hits_: distinct texts served from the cache so far (cumulative).
+        n_long_: texts embedded so far that were longer than ``max_length`` (cumulative; chunked
+            or truncated as ``long_texts`` says).
 
     Example:
         >>> enc = TextEncoder(cache_dir=".plural_cache")
@@ -117,7 +128,18 @@ class TextEncoder:
         device=None,
         normalize: bool = True,
         show_progress: bool = False,
+        max_length: int | None = None,
+        long_texts: str = "chunk",
+        cache: bool = True,
     ) -> None:
+        if long_texts not in LONG_TEXT_MODES:
+            raise ValueError(f"long_texts must be one of {LONG_TEXT_MODES}, got {long_texts!r}")
+        if max_length is not None and (not isinstance(max_length, (int, np.integer)) or max_length < 8):
+            raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+        self.max_length = None if max_length is None else int(max_length)
+        self.long_texts = long_texts
+        self.cache = bool(cache)
+        self.n_long_ = 0
         self.model_name_or_path = model_name_or_path
         self.cache_dir = cache_dir
         self.batch_size = batch_size
@@ -131,7 +153,21 @@ class TextEncoder:
     def __repr__(self) -> str:
         return (f"TextEncoder(model_name_or_path={self.model_name_or_path!r}, "
                 f"cache_dir={self.cache_dir!r}, batch_size={self.batch_size!r}, "
-                f"device={self.device!r}, normalize={self.normalize!r})")
+                f"device={self.device!r}, normalize={self.normalize!r}, max_length={self.max_length!r}, "
+                f"long_texts={self.long_texts!r})")
+
+    @property
+    def spec(self) -> dict:
+        """What decides a text's vector: the model, the token limit and the long-text rule (a
+        checkpoint records it, so the same encoder can be rebuilt where the model is used)."""
+        return {"model": self.model_path, "max_length": self.max_length, "long_texts": self.long_texts,
+                "normalize": bool(self.normalize)}
+
+    def _key(self, text: str) -> str:
+        # plain truncation at the model's own limit is what earlier versions cached, under the bare hash
+        if self.long_texts == "truncate" and self.max_length is None:
+            return text_hash(text)
+        return text_hash(f"plural-long-texts={self.long_texts};max-length={self.max_length}\x00{text}")
 
     # ------------------------------------------------------------------ identity and cache
     @property
@@ -169,11 +205,18 @@ class TextEncoder:
             dim = _model_dim(self._model)
             if dim is not None:
                 return dim
-        return self._cache().dim()
+        return self._cache().dim() if self.cache else None
 
     def _load_model(self):
         if self._model is None:
-            self._model = _load_sentence_transformer(self.model_path, self.device)
+            model = _load_sentence_transformer(self.model_path, self.device)
+            if self.max_length is not None:
+                limit = _position_limit(model)
+                if limit is not None and self.max_length > limit:
+                    raise ValueError(f"max_length={self.max_length} exceeds what {self.model_path} can read "
+                                     f"({limit} positions)")
+                model.max_seq_length = self.max_length
+            self._model = model
         return self._model
 
     # ------------------------------------------------------------------ encoding
@@ -200,12 +243,12 @@ class TextEncoder:
                                  "yet (nothing cached, model not loaded)")
             return np.zeros((0, dim), dtype=np.float32)
 
-        keys = [text_hash(t) for t in texts]
+        keys = [self._key(t) for t in texts]
         first_pos: dict[str, int] = {}
         for pos, key in enumerate(keys):
             first_pos.setdefault(key, pos)
-        cache = self._cache()
-        vectors = cache.get(list(first_pos))
+        cache = self._cache() if self.cache else None
+        vectors = cache.get(list(first_pos)) if cache is not None else {}
         missing = [key for key in first_pos if key not in vectors]
         self.n_cache_hits_ += len(vectors)
         if missing:
@@ -214,7 +257,8 @@ class TextEncoder:
             if new.shape[1] != cached_dim:
                 raise RuntimeError(f"model gave {new.shape[1]}-d vectors but the cache at "
                                    f"{cache.path} holds {cached_dim}-d ones")
-            cache.put(missing, new)
+            if cache is not None:
+                cache.put(missing, new)
             self.n_embedded_ += len(missing)
             vectors.update(zip(missing, new))
         logger.debug("encoded %d texts: %d distinct, %d embedded, %d from cache", len(texts),
@@ -228,16 +272,69 @@ class TextEncoder:
     def _embed(self, texts: list[str]) -> np.ndarray:
         model = self._load_model()
         logger.info("embedding %d texts with %s", len(texts), self.model_path)
+        long = self._long_positions(model, texts)
+        if long and self.long_texts == "error":
+            raise ValueError(f"text at position {long[0]} has more than max_length={model.max_seq_length} tokens "
+                             f"({len(long)} of {len(texts)} texts do); raise max_length or use "
+                             "long_texts='chunk'")
         out = model.encode(texts, batch_size=int(self.batch_size),
                            show_progress_bar=bool(self.show_progress), convert_to_numpy=True,
                            normalize_embeddings=False)
-        out = np.ascontiguousarray(out, dtype=np.float32)
+        out = np.array(out, dtype=np.float32)
+        if long:
+            self.n_long_ += len(long)
+            if self.long_texts == "truncate":
+                logger.warning("%d of %d texts are longer than max_length=%d tokens and were truncated "
+                               "(long_texts='chunk' embeds all of them)", len(long), len(texts),
+                               model.max_seq_length)
+            else:
+                logger.info("%d of %d texts are longer than max_length=%d tokens: embedded in chunks",
+                            len(long), len(texts), model.max_seq_length)
+                for pos in long:
+                    out[pos] = self._embed_chunked(model, texts[pos])
         if out.ndim != 2 or out.shape[0] != len(texts):
             raise RuntimeError(f"model returned shape {out.shape} for {len(texts)} texts")
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if len(bad):  # never cache a broken vector
             raise RuntimeError(f"model returned NaN or infinite values for text {texts[bad[0]]!r}")
         return out
+
+    @staticmethod
+    def _token_ids(model, text: str) -> list[int]:
+        return model.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+
+    def _long_positions(self, model, texts: list[str]) -> list[int]:
+        """Positions of texts with more tokens than the model reads (special tokens included)."""
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            return []
+        room = int(model.max_seq_length) - tokenizer.num_special_tokens_to_add(False)
+        return [pos for pos, text in enumerate(texts) if len(self._token_ids(model, text)) > room]
+
+    def _embed_chunked(self, model, text: str) -> np.ndarray:
+        """One text in consecutive windows of the model's length, pooled by tokens per window."""
+        import torch
+
+        # the tokenizer cuts the text into consecutive windows (its overflow), each with its special tokens
+        batch = model.tokenizer([text], truncation=True, max_length=int(model.max_seq_length), stride=0,
+                                return_overflowing_tokens=True, padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            vectors = model({k: v.to(device) for k, v in inputs.items()})["sentence_embedding"]
+        sizes = inputs["attention_mask"].sum(1).to(vectors.dtype).to(vectors.device)
+        return ((sizes[:, None] * vectors).sum(0) / sizes.sum()).float().cpu().numpy()
+
+
+LONG_TEXT_MODES = ("chunk", "truncate", "error")
+
+
+def _position_limit(model) -> int | None:
+    """The most positions the model's transformer has (None when it does not say)."""
+    try:
+        return int(model[0].auto_model.config.max_position_embeddings)
+    except (AttributeError, IndexError, TypeError, KeyError):
+        return None
 
 
 class FeatureEncoder:
@@ -301,6 +398,39 @@ class FeatureEncoder:
             except KeyError:
                 raise ValueError(f"unknown item id {str(item)!r} at position {pos}") from None
         return np.ascontiguousarray(self.features[rows])
+
+
+def encoder_from_spec(spec: dict, cache_dir: str | os.PathLike | None = None) -> TextEncoder:
+    """The :class:`TextEncoder` a model was trained with, from the ``spec`` its checkpoint records
+    (:attr:`TextEncoder.spec`)."""
+    try:
+        return TextEncoder(spec["model"], cache_dir=cache_dir, max_length=spec.get("max_length"),
+                           long_texts=spec.get("long_texts", "truncate"), normalize=spec.get("normalize", True))
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not an encoder spec: {spec!r} ({type(err).__name__}: {err})") from None
+
+
+def check_encoder(spec: dict | None, encoder) -> None:
+    """Raise ``ValueError`` when ``encoder`` would embed texts otherwise than the encoder ``spec``
+    records (a model's ``encoder_spec_``); nothing to check when either is not a text encoder."""
+    if spec is None or not isinstance(encoder, TextEncoder):
+        return
+    given = encoder.spec
+    differ = [k for k in ("max_length", "long_texts", "normalize") if spec.get(k) != given.get(k)]
+    if spec.get("model") != given["model"] and model_key(str(spec.get("model"))) != model_key(given["model"]):
+        differ.insert(0, "model")
+    if differ:
+        raise ValueError("this encoder differs from the one the model was trained with in "
+                         + ", ".join(f"{k} ({given.get(k)!r}, trained with {spec.get(k)!r})" for k in differ)
+                         + "; pass encoder=None to use the model's own")
+
+
+def resolve_encoder(spec: dict | None, encoder=None):
+    """``encoder`` checked against ``spec`` (:func:`check_encoder`), or the model's own when None."""
+    if encoder is not None:
+        check_encoder(spec, encoder)
+        return encoder
+    return None if spec is None else encoder_from_spec(spec)
 
 
 def ensure_features(data: PreferenceData,

@@ -73,6 +73,7 @@ def save_model(model: PreferenceModel, path: str | os.PathLike, extra: dict[str,
         "n_users": len(model.user_ids_),
         "n_items": len(model.item_ids_),
         "fit_report": getattr(model, "fit_report_", None),
+        "encoder": getattr(model, "encoder_spec_", None),
         "extra": extra or {},
     }
     vocab = {"user_ids": model.user_ids_, "item_ids": model.item_ids_, "context_ids": model.context_ids_,
@@ -223,5 +224,9 @@ def load_model(path: str | os.PathLike, model: type[PreferenceModel] | Preferenc
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit a {saved_name!r} model with this config: {err}") from None
     instance.fit_report_ = config.get("fit_report")
+    encoder = config.get("encoder")
+    if encoder is not None and not (isinstance(encoder, dict) and isinstance(encoder.get("model"), str)):
+        raise CheckpointError(f"{path}/config.json: 'encoder' is not an encoder spec: {encoder!r}")
+    instance.encoder_spec_ = encoder
     instance.eval()
     return instance.to(device or "cpu")

@@ -168,9 +168,15 @@ def fit(
         if given:
             raise ValueError(f"fit got a trainer and trainer options ({', '.join(given)}): configure the "
                              "trainer itself")
-    from plural.data.encoders import ensure_features
+    from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
 
-    data = ensure_features(data, encoder)
+    encoder_spec, n_long = getattr(model, "encoder_spec_", None), 0
+    if data.item_features is None:  # the texts are embedded here: the encoder becomes part of the model
+        encoder = resolve_encoder(encoder_spec, encoder) or TextEncoder()
+        before = getattr(encoder, "n_long_", 0)
+        data = ensure_features(data, encoder)
+        if isinstance(encoder, TextEncoder):
+            encoder_spec, n_long = encoder.spec, encoder.n_long_ - before
     rng = np.random.default_rng(random_state)
     train_rows = np.arange(len(data)) if train_rows is None else np.asarray(train_rows, dtype=np.int64)
     if len(train_rows) == 0:
@@ -240,7 +246,10 @@ def fit(
         "seconds": seconds,
         "device": str(trainer.strategy.root_device),
         "world_size": int(trainer.world_size),
+        "encoder": encoder_spec,
+        "n_long_texts": int(n_long),
     }
+    model.encoder_spec_ = encoder_spec
     logger.info("trained %s: %s", model.name, model.fit_report_)
     return model
 

@@ -133,11 +133,14 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
     if record.get("model") != model.name:
         raise CheckpointError(f"{run_dir / RUN_FILE} names model {record.get('model')!r}, but the checkpoint "
                               f"holds {model.name!r}")
-    from plural.data.encoders import ensure_features
+    from plural.data.encoders import ensure_features, resolve_encoder
 
     if not _is_bundled(source) and not Path(source).exists():
         raise ValueError(f"{run_dir}: the run was trained on the file {source}, which is not there now")
-    data = ensure_features(load_dataset(source, **read_options), encoder)
+    raw = load_dataset(source, **read_options)
+    if raw.item_features is None:  # texts: embedded as at training time (a different encoder is an error)
+        encoder = resolve_encoder(getattr(model, "encoder_spec_", None), encoder)
+    data = ensure_features(raw, encoder)
     with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
         test, unseen = split["test"], split["unseen_users"]
     expected = record.get("n_comparisons")
