@@ -273,8 +273,8 @@ def _as_text(value: Any, row: int, col: str) -> str:
 
 
 def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
-             rejected: str = "rejected", user_id: str | None = "user_id", margin: str | None = None,
-             name: str = "trl") -> PreferenceData:
+             rejected: str = "rejected", user_id: str | None = "user_id", weight: str | None = None,
+             name: str = "trl", **unknown) -> PreferenceData:
     """Rows in TRL's preference format: ``chosen`` is ``item_a``, ``rejected`` ``item_b``, label 1.
 
     Item ids are the first 16 hex digits of the SHA-1 of the text, so identical texts are one item
@@ -285,7 +285,11 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
         prompt: prompt column; if absent from the rows, comparisons have no context.
         chosen, rejected: columns of text (or conversational lists of messages).
         user_id: user column; ``None`` attributes every row to the user ``"anonymous"``.
-        margin: optional column of non-negative margins, used as weights.
+        weight: optional column of non-negative comparison weights (how much a row counts in the
+            likelihood). TRL's ``margin`` column is something else, a margin inside the reward
+            loss (``-log sigmoid(r_chosen - r_rejected - margin)``), which plural's models do not
+            have: a ``margin`` column is left unused with a warning, and ``weight="margin"`` reads it
+            as weights where that is what it means.
         name: the dataset's name.
 
     Returns:
@@ -294,8 +298,16 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
         rows (those whose two responses fall in different item blocks) and hold out nothing a
         comparison split does not; and without ``user_id`` all rows are one user's.
     """
+    if "margin" in unknown:
+        raise TypeError("from_trl has no margin option: TRL's margin sits inside its reward loss, which "
+                        "plural's models do not have; pass weight='COLUMN' for comparison weights")
+    if unknown:
+        raise TypeError(f"from_trl got unexpected options: {', '.join(sorted(unknown))}")
     df = _frame(rows, name)
-    _check_columns(df, [chosen, rejected, user_id, margin], "TRL rows")
+    _check_columns(df, [chosen, rejected, user_id, weight], "TRL rows")
+    if "margin" in df.columns and weight != "margin":
+        logger.warning("%s: the rows have a 'margin' column, which plural does not use (TRL adds it inside "
+                       "its reward loss); weight='margin' reads it as comparison weights", name)
     good = [_as_text(v, r, chosen) for r, v in enumerate(df[chosen])]
     bad = [_as_text(v, r, rejected) for r, v in enumerate(df[rejected])]
     same = next((r for r, (g, b) in enumerate(zip(good, bad)) if g == b), None)
@@ -304,10 +316,10 @@ def from_trl(rows: Any, *, prompt: str = "prompt", chosen: str = "chosen",
                          "compared with itself")
     table = {_text_hash(t): t for t in good + bad}
     users = [ANONYMOUS_USER] * len(df) if user_id is None else _ids(df, user_id)
-    records: dict = {"weights": None if margin is None else _numbers(df, margin)}
-    if margin is not None and (records["weights"] < 0).any():
+    records: dict = {"weights": None if weight is None else _numbers(df, weight)}
+    if weight is not None and (records["weights"] < 0).any():
         row = int(np.flatnonzero(records["weights"] < 0)[0])
-        raise ValueError(f"row {row}: margin {show_value(records['weights'][row])} must be >= 0")
+        raise ValueError(f"row {row}: weight {show_value(records['weights'][row])} must be >= 0")
     if prompt is not None and prompt in df.columns:
         texts = [None if _is_missing(v) else _as_text(v, r, prompt)
                  for r, v in enumerate(df[prompt])]

@@ -131,9 +131,18 @@ def test_from_trl_hashes_texts_and_prompts(trl_rows):
 
 def test_from_trl_margin_no_prompt_anonymous(trl_rows):
     rows = [{k: v for k, v in r.items() if k not in ("prompt", "user_id")} for r in trl_rows]
-    data = from_trl(rows, margin="m", user_id=None)
+    data = from_trl(rows, weight="m", user_id=None)
     assert data.weight.tolist() == [2.0, 0.0, 1.0]
     assert data.user_ids.tolist() == ["anonymous"] and (data.context == -1).all()
+
+
+def test_from_trl_leaves_a_trl_margin_column_unused_and_says_so(trl_rows, caplog):
+    rows = [{**r, "margin": 3.0} for r in trl_rows]
+    with caplog.at_level("WARNING", logger="plural.data.converters"):
+        data = from_trl(rows)
+    assert (data.weight == 1).all()
+    assert "'margin' column, which plural does not use" in caplog.text
+    assert from_trl(rows, weight="margin").weight.tolist() == [3.0, 3.0, 3.0]
 
 
 def test_from_trl_conversational():
@@ -149,7 +158,9 @@ def test_from_trl_bad_inputs(trl_rows):
     with pytest.raises(ValueError, match=r"row 1: chosen and rejected are the same text"):
         from_trl(trl_rows)
     trl_rows[1]["rejected"], trl_rows[2]["m"] = "worse", -1.0
-    with pytest.raises(ValueError, match=r"row 2: margin -1\.0 must be >= 0"):
+    with pytest.raises(ValueError, match=r"row 2: weight -1\.0 must be >= 0"):
+        from_trl(trl_rows, weight="m")
+    with pytest.raises(TypeError, match="no margin option: TRL's margin sits inside its reward loss"):
         from_trl(trl_rows, margin="m")
     trl_rows[0]["chosen"] = None
     with pytest.raises(ValueError, match=r"row 0: chosen must be text"):
@@ -344,7 +355,7 @@ def test_from_file_csv_jsonl_parquet(tmp_path, pairs, items, trl_rows, votes):
     data = from_file(tmp_path / "p.csv", item_table=tmp_path / "items.csv")
     assert data.name == "p" and len(data) == 3 and data.n_items == 4
     pd.DataFrame(trl_rows).to_json(tmp_path / "t.jsonl", orient="records", lines=True)
-    assert len(from_file(tmp_path / "t.jsonl", kind="trl", margin="m")) == 3
+    assert len(from_file(tmp_path / "t.jsonl", kind="trl", weight="m")) == 3
     votes.to_parquet(tmp_path / "v.parquet")
     assert len(from_file(tmp_path / "v.parquet", kind="votes", group="conv", name="polis")) == 3
     rankings = pd.DataFrame({"user_id": ["u"], "ranking": [["a", "b", "c"]]})
@@ -367,7 +378,7 @@ def test_file_errors(tmp_path, pairs):
 def test_from_hf_dataset(trl_rows):
     datasets = pytest.importorskip("datasets")
     ds = datasets.Dataset.from_dict({k: [r[k] for r in trl_rows] for k in trl_rows[0]})
-    data = from_hf_dataset(ds, margin="m")
+    data = from_hf_dataset(ds, weight="m")
     assert len(data) == 3 and data.weight.tolist() == [2.0, 0.0, 1.0]
     assert np.array_equal(data.item_ids, from_trl(trl_rows).item_ids)
     ratings = datasets.Dataset.from_dict({"user_id": ["u", "u"], "item_id": ["a", "b"],
