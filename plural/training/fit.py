@@ -171,7 +171,9 @@ def fit(
     from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
 
     encoder_spec, n_long = getattr(model, "encoder_spec_", None), 0
-    if data.item_features is None:  # the texts are embedded here: the encoder becomes part of the model
+    if isinstance(data.meta.get("encoder"), dict):  # embedded before (plural.data.prompts.with_prompts)
+        encoder_spec, n_long = data.meta["encoder"], int(data.meta.get("n_long_texts", 0))
+    elif data.item_features is None:  # the texts are embedded here: the encoder becomes part of the model
         encoder = resolve_encoder(encoder_spec, encoder) or TextEncoder()
         before = getattr(encoder, "n_long_", 0)
         data = ensure_features(data, encoder)
