@@ -299,17 +299,14 @@ class TextEncoder:
             raise RuntimeError(f"model returned NaN or infinite values for text {texts[bad[0]]!r}")
         return out
 
-    @staticmethod
-    def _token_ids(model, text: str) -> list[int]:
-        return model.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-
     def _long_positions(self, model, texts: list[str]) -> list[int]:
         """Positions of texts with more tokens than the model reads (special tokens included)."""
         tokenizer = getattr(model, "tokenizer", None)
         if tokenizer is None:
             return []
         room = int(model.max_seq_length) - tokenizer.num_special_tokens_to_add(False)
-        return [pos for pos, text in enumerate(texts) if len(self._token_ids(model, text)) > room]
+        ids = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]  # one batched call
+        return [pos for pos, tokens in enumerate(ids) if len(tokens) > room]
 
     def _embed_chunked(self, model, text: str) -> np.ndarray:
         """One text in consecutive windows of the model's length, pooled by tokens per window."""

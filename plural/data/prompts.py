@@ -69,6 +69,7 @@ def with_prompts(data: PreferenceData, encoder=None) -> PreferenceData:
     encoder = TextEncoder() if encoder is None else encoder
     if not isinstance(encoder, TextEncoder):
         raise ValueError("prompt-aware items embed texts: pass a TextEncoder")
+    long_before = encoder.n_long_  # the counter is cumulative over the encoder's life
     context = data.context if data.context is not None else np.full(len(data), -1, np.int64)
     pairs = np.concatenate([np.stack([context, data.item_a], 1), np.stack([context, data.item_b], 1)])
     distinct, inverse = np.unique(pairs, axis=0, return_inverse=True)
@@ -84,7 +85,7 @@ def with_prompts(data: PreferenceData, encoder=None) -> PreferenceData:
            for c, i in distinct.tolist()]
     meta = dict(data.meta)
     meta["encoder"] = {**encoder.spec, "prompts": PROMPT_FEATURES}
-    meta["n_long_texts"] = int(encoder.n_long_)
+    meta["n_long_texts"] = int(encoder.n_long_ - long_before)
     n = len(data)
     return PreferenceData(
         user_ids=data.user_ids, item_ids=np.asarray(ids, dtype=object), user=data.user,
@@ -106,12 +107,12 @@ def encode_in_context(spec: dict, responses: Sequence[str], prompts: Sequence[st
     if encoder is None:
         raise ValueError("the model records no text encoder: it was trained on features, not texts")
     responses = list(responses)
+    prompts = [None] * len(responses) if prompts is None else list(prompts)
+    if len(prompts) != len(responses):  # before any text is embedded
+        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
     vectors = encoder.encode(responses)
     if not is_prompt_aware(spec):
         return vectors
-    prompts = [None] * len(responses) if prompts is None else list(prompts)
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
     given = [k for k, p in enumerate(prompts) if p is not None]
     prompt_vectors = np.zeros_like(vectors)
     if given:
