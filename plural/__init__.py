@@ -64,6 +64,8 @@ _EXPORTS: dict[str, str] = {
     "UserStore": "plural.query.store",
     "model_fingerprint": "plural.query.store",
     "fit": "plural.training.fit",
+    "RewardFunction": "plural.rlhf",
+    "best_of_n": "plural.rlhf",
 }
 
 _SUBPACKAGES = ("core", "data", "evaluation", "query", "training")
