@@ -66,6 +66,7 @@ _EXPORTS: dict[str, str] = {
     "fit": "plural.training.fit",
     "RewardFunction": "plural.rlhf",
     "best_of_n": "plural.rlhf",
+    "best_of_n_batch": "plural.rlhf",
 }
 
 _SUBPACKAGES = ("core", "data", "evaluation", "query", "training")

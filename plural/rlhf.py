@@ -17,7 +17,8 @@ Texts are embedded as the model was trained on them (:func:`plural.data.prompts.
 with the encoder the model records): a prompt-aware model scores a completion under its prompt,
 a prompt-blind one scores the completion alone. Nothing here imports TRL; it only calls this.
 
-:func:`best_of_n` picks the best of a few candidate responses for a user with any such callable.
+:func:`best_of_n` (and :func:`best_of_n_batch`, several prompts in one call) picks the candidate
+response a user's reward rates highest, with any such callable.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RewardFunction", "best_of_n", "message_text"]
+__all__ = ["RewardFunction", "best_of_n", "best_of_n_batch", "message_text"]
 
 ROUTES = ("added", "store", "training", "population")
 """Where a sample's user state came from, in the order they are tried."""
@@ -397,7 +398,7 @@ class RewardFunction:
 
 # ---------------------------------------------------------------------- best of N
 def best_of_n(reward_fn: Callable, prompt: Any, candidates: Sequence, user_id: str | None = None,
-              **columns) -> tuple[Any, list[float]]:
+              **columns) -> tuple[Any, list[float | None]]:
     """The candidate response a user's reward rates highest.
 
     Args:
@@ -408,21 +409,53 @@ def best_of_n(reward_fn: Callable, prompt: Any, candidates: Sequence, user_id: s
         columns: other per-sample columns the reward function reads, one value each (repeated).
 
     Returns:
-        ``(best candidate, scores)``: ties go to the first; scores in candidate order.
+        ``(best candidate, scores)``: ties go to the first; scores in candidate order (None where
+        the reward function gave none).
 
     Raises:
         ValueError: no candidates, or no candidate got a reward (every score None or NaN).
     """
-    candidates = list(candidates)
-    n = len(candidates)
-    if n == 0:
-        raise ValueError("best_of_n needs at least one candidate")
-    kwargs = {key: [value] * n for key, value in columns.items()}
-    scores = reward_fn(prompts=[prompt] * n, completions=candidates, user_id=[user_id] * n, **kwargs)
-    values = np.array([np.nan if s is None else float(s) for s in scores])
-    if len(values) != n:
-        raise ValueError(f"the reward function returned {len(values)} scores for {n} candidates")
-    if np.isnan(values).all():
-        raise ValueError(f"no candidate got a reward for user {user_id!r}")
-    return candidates[int(np.nanargmax(values))], list(scores)
+    return best_of_n_batch(reward_fn, [prompt], [candidates], [user_id],
+                           **{key: [value] for key, value in columns.items()})[0]
 
+
+def best_of_n_batch(reward_fn: Callable, prompts: Sequence, candidates: Sequence[Sequence],
+                    user_ids: Sequence | None = None, **columns) -> list[tuple[Any, list[float | None]]]:
+    """:func:`best_of_n` for several prompts, scored in one call of ``reward_fn`` (one batch of texts).
+
+    Args:
+        reward_fn: as in :func:`best_of_n`.
+        prompts: ``m`` prompts.
+        candidates: ``m`` lists of candidate responses, one list per prompt (each non-empty).
+        user_ids: ``m`` user ids (None entries, or None for all: the population).
+        columns: other columns, ``m`` values each (repeated over each prompt's candidates).
+
+    Returns:
+        ``m`` pairs ``(best candidate, scores)``.
+    """
+    prompts, candidates = list(prompts), [list(c) for c in candidates]
+    m = len(prompts)
+    user_ids = [None] * m if user_ids is None else list(user_ids)
+    for what, values in (("candidate lists", candidates), ("user ids", user_ids),
+                         *((f"{key!r} values", list(v)) for key, v in columns.items())):
+        if len(values) != m:
+            raise ValueError(f"{len(values)} {what} for {m} prompts")
+    empty = next((i for i, c in enumerate(candidates) if not c), None)
+    if m == 0 or empty is not None:
+        raise ValueError("best_of_n needs at least one candidate" + ("" if m == 0 else f" (prompt {empty} has none)"))
+    sizes = [len(c) for c in candidates]
+    repeat = lambda values: [v for v, k in zip(values, sizes) for _ in range(k)]  # noqa: E731
+    flat = [c for cs in candidates for c in cs]
+    scores = list(reward_fn(prompts=repeat(prompts), completions=flat, user_id=repeat(user_ids),
+                            **{key: repeat(list(v)) for key, v in columns.items()}))
+    if len(scores) != len(flat):
+        raise ValueError(f"the reward function returned {len(scores)} scores for {len(flat)} candidates")
+    out, start = [], 0
+    for i, k in enumerate(sizes):
+        chunk = scores[start:start + k]
+        start += k
+        values = np.array([np.nan if s is None else float(s) for s in chunk])
+        if np.isnan(values).all():
+            raise ValueError(f"no candidate got a reward for prompt {i} (user {user_ids[i]!r})")
+        out.append((candidates[i][int(np.nanargmax(values))], chunk))
+    return out

@@ -10,7 +10,7 @@ import pytest
 import plural
 from plural.data.encoders import TextEncoder
 from plural.data.prompts import with_prompts
-from plural.rlhf import RewardFunction, best_of_n, message_text
+from plural.rlhf import RewardFunction, best_of_n, best_of_n_batch, message_text
 
 CATS = ["I love my cat, she purrs all day.", "Cats are the best companions.", "A kitten is a great pet for you.",
         "My cat sleeps on the sofa.", "Get a cat: cats are quiet and clean.", "The cat chased a ball of yarn."]
@@ -169,6 +169,12 @@ def test_best_of_n_picks_each_users_favourite(model, store):
     assert best_of_n(reward, "Which pet?", [DOG, CAT], user_id="dog2")[0] == DOG
     with pytest.raises(ValueError, match="at least one"):
         best_of_n(reward, "Which pet?", [])
+    picks = best_of_n_batch(reward, ["Which pet?", "Pets?", "Any pet?"], [[DOG, CAT], [CAT, DOG], [DOG]],
+                            ["cat2", "dog2", None])
+    assert [best for best, _ in picks] == [CAT, DOG, DOG] and [len(s) for _, s in picks] == [2, 2, 1]
+    assert picks[0][1] == pytest.approx(scores, rel=1e-4)
+    with pytest.raises(ValueError, match="1 user ids for 2 prompts"):
+        best_of_n_batch(reward, ["a", "b"], [[CAT], [DOG]], ["cat2"])
     with pytest.raises(ValueError, match="no candidate got a reward"):
         best_of_n(RewardFunction(model, unknown_users="none"), None, [CAT], user_id="stranger")
 
