@@ -65,6 +65,8 @@ def test_users_are_routed_to_their_own_rewards(model, store, caplog):
     np.testing.assert_allclose(_margin(RewardFunction(model), "cat0"), cat, rtol=1e-5)
     # one call mixes users; each sample gets its own user's reward
     mixed = reward(None, [CAT, CAT, CAT], user_id=["cat1", "dog1", None])
+    by_annotator = RewardFunction(model, store, user_column="annotator", name="by_annotator")
+    assert by_annotator(None, [CAT, CAT, CAT], annotator=["cat1", "dog1", None]) == mixed
     assert mixed[0] > mixed[2] > mixed[1] and all(isinstance(v, float) for v in mixed)
     # unknown users: the population, logged as a warning once
     with caplog.at_level(logging.DEBUG, logger="plural.rlhf"):
@@ -92,6 +94,11 @@ def test_add_user_personalizes_from_a_few_comparisons(model, store):
     without_store = RewardFunction(model)  # model.adapt instead of plural.personalize
     without_store.add_user("new", [{"chosen": c, "rejected": d} for c, d in zip(DOGS[:3], CATS[:3])])
     assert _margin(without_store, "new") < 0
+    import pandas as pd
+
+    frame = pd.DataFrame({"prompt": ["Pets?", None], "chosen": CATS[:2], "rejected": DOGS[:2]})
+    reward.add_user("from a frame", frame)  # a DataFrame (or a Dataset), a missing prompt is no prompt
+    assert _margin(reward, "from a frame") > 0
     with pytest.raises(ValueError, match="no comparisons"):
         reward.add_user("x", [])
     with pytest.raises(ValueError, match="'chosen' and 'rejected'"):
