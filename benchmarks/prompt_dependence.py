@@ -15,8 +15,11 @@ Both variants train the same models on the same rows: *prompt-blind* items are t
 MiniLM embeddings; *prompt-aware* items are responses in context
 (``plural.data.prompts.with_prompts``). The split is the protocol's item-disjoint split of the
 prompt-aware items (a prompt-blind test response may have been seen under another prompt, which
-can only help it). Reported: seen users' test accuracy (their learned states) and unseen users' at
-k=0 (the population reward), on each kind of pair, for ``--seeds`` seeds.
+can only help it). Reported, on each kind of pair, for ``--seeds`` seeds: seen users' test accuracy
+(their learned states), and unseen users' few-shot accuracy (``plural.few_shot_curve``: item-disjoint
+support and query, one draw per user) at k=0 (the population reward: about 59% is the best a
+population reward can do on length pairs, since 60% of users are type A) and at k=5 and k=10
+comparisons of support (``model.adapt``).
 
     .venv/bin/python benchmarks/prompt_dependence.py --seeds 0,1,2 --out prompt_dependence.json
 """
@@ -93,6 +96,25 @@ def make_data(seed: int, n_users: int = 150, per_user: int = 40):
     return data, np.asarray(parts)
 
 
+KS = (0, 5, 10)
+
+
+def few_shot_by_part(model, data, episodes, parts: np.ndarray) -> dict:
+    """``{"k=0": {"length": .., "tone": ..}, ...}``: unseen users' query accuracy (%) at each k in
+    :data:`KS`, the query cut to one kind of pair (the support is drawn from both kinds)."""
+    import dataclasses
+
+    from plural.evaluation.fewshot import curve_value, few_shot_curve
+
+    out = {f"k={k}": {} for k in KS}
+    for part in ("length", "tone"):
+        cut = [dataclasses.replace(ep, query=ep.query[parts[ep.query] == part]) for ep in episodes]
+        result = few_shot_curve(model, data, [ep for ep in cut if len(ep.query)], ks=KS)
+        for k in KS:
+            out[f"k={k}"][part] = round(100 * curve_value(result, k), 2)
+    return out
+
+
 def accuracy_by_part(model, data, rows: np.ndarray, parts: np.ndarray) -> dict:
     from plural.evaluation.metrics import evaluate
 
@@ -100,10 +122,11 @@ def accuracy_by_part(model, data, rows: np.ndarray, parts: np.ndarray) -> dict:
             for part in ("length", "tone")}
 
 
-def run(seed: int, models: list[str], max_epochs: int, early_stopping: bool = True) -> dict:
+def run(seed: int, models: list[str], max_epochs: int | None, early_stopping: bool = True) -> dict:
     import plural
     from plural.data.encoders import TextEncoder, ensure_features
     from plural.data.prompts import with_prompts
+    from plural.data.splits import make_episodes
     from plural.evaluation.protocol import protocol_split
 
     raw, parts = make_data(seed)
@@ -111,7 +134,8 @@ def run(seed: int, models: list[str], max_epochs: int, early_stopping: bool = Tr
     variants = {"prompt_blind": ensure_features(raw, encoder), "prompt_aware": with_prompts(raw, encoder)}
     protocol = protocol_split(variants["prompt_aware"], seed)
     split = protocol.split
-    unseen_rows = np.flatnonzero(np.isin(raw.user, protocol.unseen))
+    episodes = make_episodes(variants["prompt_aware"], protocol.unseen, mode="items", n_draws=1,
+                             random_state=seed)
     out = {}
     for name in models:
         for variant, data in variants.items():
@@ -121,7 +145,7 @@ def run(seed: int, models: list[str], max_epochs: int, early_stopping: bool = Tr
                        val_rows=split.val if early_stopping else np.empty(0, np.int64), max_epochs=max_epochs,
                        random_state=seed, show_progress=False)
             out[f"{name}/{variant}"] = {"seen_test": accuracy_by_part(model, data, split.test, parts),
-                                        "unseen_k0": accuracy_by_part(model, data, unseen_rows, parts),
+                                        **few_shot_by_part(model, data, episodes, parts),
                                         "best_epoch": model.fit_report_["best_epoch"],
                                         "seconds": round(time.perf_counter() - start, 1)}
             print(f"seed {seed} {name:14s} {variant:13s} {out[f'{name}/{variant}']}", flush=True)
@@ -132,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="bradley_terry,low_rank")
-    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--max-epochs", type=int, default=None, help="default: plural.fit's (enough for its min_steps)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-early-stopping", action="store_true", help="train every epoch (no validation rows)")
     args = parser.parse_args()
@@ -143,15 +167,14 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     per_seed = {seed: run(seed, models, args.max_epochs, not args.no_early_stopping) for seed in seeds}
-    summary = {}
+    summary, wheres = {}, ("seen_test",) + tuple(f"k={k}" for k in KS)
     for key in per_seed[seeds[0]]:
         summary[key] = {where: {part: round(float(np.mean([per_seed[s][key][where][part] for s in seeds])), 2)
-                                for part in ("length", "tone")} for where in ("seen_test", "unseen_k0")}
+                                for part in ("length", "tone")} for where in wheres}
     print("\nmean over seeds", seeds, "(accuracy %, length pairs are the prompt-dependent part)")
-    print(f"{'model/variant':30s} {'seen length':>12s} {'seen tone':>10s} {'k=0 length':>11s} {'k=0 tone':>9s}")
+    print(f"{'model/variant':28s}" + "".join(f" {w + ' ' + p:>15s}" for w in wheres for p in ("length", "tone")))
     for key, row in summary.items():
-        print(f"{key:30s} {row['seen_test']['length']:12.2f} {row['seen_test']['tone']:10.2f} "
-              f"{row['unseen_k0']['length']:11.2f} {row['unseen_k0']['tone']:9.2f}")
+        print(f"{key:28s}" + "".join(f" {row[w][p]:15.2f}" for w in wheres for p in ("length", "tone")))
     if args.out:
         args.out.write_text(json.dumps({"seeds": seeds, "per_seed": per_seed, "mean": summary}, indent=2))
 

@@ -27,6 +27,24 @@ def test_item_disjoint_split_keeps_test_items_out_of_training(planted):
     assert np.array_equal(sp.test, again.test)
 
 
+def test_item_split_validation_pairs_hold_an_unjudged_item_and_no_test_item(planted):
+    """Validation is every pair with a validation item and no test item (also against a training
+    item), so it is far larger than the pairs of two validation items alone; train and test are
+    drawn as they always were."""
+    data, _ = planted
+    sp = split_comparisons(data, mode="items", random_state=0)
+    n_cross = 0
+    for u, rows in data.rows_by_user().items():
+        train_items = set(data.items_of(np.intersect1d(rows, sp.train)).tolist())
+        test_items = set(data.items_of(np.intersect1d(rows, sp.test)).tolist())
+        for r in np.intersect1d(rows, sp.val).tolist():
+            pair = {int(data.item_a[r]), int(data.item_b[r])}
+            assert not pair & test_items and not pair <= train_items
+            n_cross += bool(pair & train_items)
+    assert n_cross > 0 and len(sp.val) > 0.2 * len(sp.train)  # two validation items alone: ~1/50 of train
+    assert len(sp.train) + len(sp.val) + len(sp.test) + sp.n_dropped == len(data)
+
+
 def test_comparison_split_uses_every_row(planted):
     data, _ = planted
     sp = split_comparisons(data, mode="comparisons", test_fraction=0.2, val_fraction=0.1)

@@ -45,11 +45,31 @@ def test_early_stopping_restores_best_weights(planted):
     data, _ = planted
     model = make_model("bradley_terry", hidden_dim=64, learning_rate=0.05, dropout=0.0).fit(
         data, train_rows=np.arange(300), val_rows=np.arange(300, 900), max_epochs=40, patience=2,
-        show_progress=False)
+        min_steps=0, show_progress=False)
     rep = model.fit_report_
     assert rep["epochs"] < 39  # stopped early
     val = evaluate(model, data, np.arange(300, 900))["log_loss"]
     assert val == pytest.approx(rep["best_val_loss"], rel=0.05)
+
+
+def test_min_steps_keeps_a_small_set_training(planted):
+    """The same fit as above, which stops within 39 epochs, trains on while it has made fewer than
+    min_steps optimizer steps (300 rows, batch 100: 3 steps an epoch), and a default max_epochs
+    grows to make room for them."""
+    data, _ = planted
+    options = dict(train_rows=np.arange(300), val_rows=np.arange(300, 900), patience=2, batch_size=100,
+                   show_progress=False)
+    model = make_model("bradley_terry", hidden_dim=64, learning_rate=0.05, dropout=0.0).fit(
+        data, max_epochs=40, min_steps=60, **options)
+    rep = model.fit_report_
+    assert rep["min_epochs"] == 20 and rep["epochs"] >= 20
+    assert rep["best_epoch"] is not None and rep["best_epoch"] <= rep["epochs"]
+    model = make_model("bradley_terry", hidden_dim=16).fit(data, min_steps=120, max_epochs=None,
+                                                           **{**options, "patience": 1})
+    rep = model.fit_report_  # 120 steps are 40 epochs, plus the patience: 41, above the floor of 30
+    assert (rep["min_epochs"], rep["max_epochs"]) == (40, 41) and rep["epochs"] >= 40
+    with pytest.raises(ValueError, match="min_steps"):
+        make_model("bradley_terry").fit(data, min_steps=-1, **options)
 
 
 def test_checkpoint_round_trip_is_exact(trained, tmp_path):
