@@ -8,10 +8,13 @@ keep-alive connections per phase (a small HTTP/1.1 client on asyncio streams, so
 own cost stays low: on a 2-core machine it shares the CPUs with the server).
 
 Targets on 2 CPU cores: scoring >= 300 req/s with p99 < 50 ms, >= 200 acknowledged comparisons/s,
-no errors.
+no errors. An add request carries ``--per-request`` comparisons of one user (default 1); the
+acknowledged comparisons/s count comparisons (from the sequence numbers of the replies), req/s
+counts requests.
 
     .venv/bin/python benchmarks/serve_load.py                 # trains a synthetic run first (~1 min)
     .venv/bin/python benchmarks/serve_load.py --run RUN_DIR --seconds 10 --out serve_load.json
+    .venv/bin/python benchmarks/serve_load.py --run RUN_DIR --per-request 3   # a few comparisons per request
 
 Without ``--run`` a low_rank run is trained on a synthetic text catalog (500 items, 200 users;
 two user types preferring different topics) in ``--work`` (default: a temporary folder).
@@ -184,10 +187,12 @@ def http_phases(run_dir: Path, state_dir: Path, item_ids: list[str], trained: li
     candidates = [rng0.sample(item_ids, 100) for _ in range(64)]
     readers = trained[:100] + new_users
 
-    def add(rng):
-        a, b = rng.sample(item_ids, 2)
-        return "POST", f"/v1/users/{rng.choice(new_users)}/comparisons", {
-            "comparisons": [{"item_a": a, "item_b": b, "label": rng.choice((0, 1))}]}
+    def add(rng):  # one request: --per-request comparisons of one user, as a page or a backend sends them
+        comparisons = []
+        for _ in range(args.per_request):
+            a, b = rng.sample(item_ids, 2)
+            comparisons.append({"item_a": a, "item_b": b, "label": rng.choice((0, 1))})
+        return "POST", f"/v1/users/{rng.choice(new_users)}/comparisons", {"comparisons": comparisons}
 
     def on_ack(body, payload):
         reply = json.loads(payload)
@@ -253,9 +258,10 @@ def check_log(state_dir: Path, acked: list[tuple[int, int]]) -> dict:
 
 
 # ---------------------------------------------------------------------- the same calls in process
-def in_process(run_dir: Path, seconds: float, users: int) -> dict:
-    """The library calls the routes make, without HTTP, one thread: personalize + upsert for a
-    comparison (no SQLite), ItemIndex.rank of 100 candidates, ItemIndex.top_n excluding judged items."""
+def in_process(run_dir: Path, seconds: float, users: int, per_request: int = 1) -> dict:
+    """The library calls the routes make, without HTTP, one thread: personalize + upsert for
+    ``per_request`` new comparisons (no SQLite), ItemIndex.rank of 100 candidates, ItemIndex.top_n
+    excluding judged items."""
     from apps.server import library
 
     library.limit_threads()
@@ -269,9 +275,10 @@ def in_process(run_dir: Path, seconds: float, users: int) -> dict:
 
     def add():
         u = rng.choice(names)
-        a, b = rng.sample(ids, 2)
         h = history.setdefault(u, [])
-        h.append((a, b, float(rng.choice((0, 1)))))
+        for _ in range(per_request):
+            a, b = rng.sample(ids, 2)
+            h.append((a, b, float(rng.choice((0, 1)))))
         support = library.support_batch(run, u, [x[0] for x in h], [x[1] for x in h], [x[2] for x in h],
                                         [1.0] * len(h), [None] * len(h), {})
         state = library.personalize(run, store, support)
@@ -313,6 +320,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="folder for the synthetic run and the state")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per phase")
     parser.add_argument("--users", type=int, default=200, help="users the write phase spreads over")
+    parser.add_argument("--per-request", type=int, default=1,
+                        help="comparisons in one add request (acknowledged comparisons/s counts comparisons)")
     parser.add_argument("--write-concurrency", type=int, default=32)
     parser.add_argument("--read-concurrency", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -325,8 +334,11 @@ def main() -> None:
     vocab = json.loads((run_dir / "vocab.json").read_text())
     state_dir = work / f"state-{int(time.time())}"
     results = {"run": str(run_dir), "cpus": os.cpu_count(), "seconds_per_phase": args.seconds,
+               "client": {"comparisons_per_add_request": args.per_request, "users": args.users,
+                          "write_concurrency": args.write_concurrency, "read_concurrency": args.read_concurrency,
+                          "http": "HTTP/1.1 keep-alive, one asyncio connection per concurrent request"},
                "http": http_phases(run_dir, state_dir, [str(i) for i in vocab["item_ids"]], vocab["user_ids"], args)}
-    results["in_process"] = in_process(run_dir, min(args.seconds, 5.0), args.users)
+    results["in_process"] = in_process(run_dir, min(args.seconds, 5.0), args.users, args.per_request)
     for name in ("add_comparisons", "score_100", "recommend_10"):
         h, p = results["http"][name], results["in_process"][name]
         h["in_process_per_s"] = p["per_s"]
@@ -342,8 +354,10 @@ def main() -> None:
         r = h[name]
         print(f"{name:<18}{r['rps']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}{sum(r['errors'].values()):>8}"
               f"{r['in_process_per_s']:>11}{r['http_over_in_process']:>8}")
+    print(f"client: {args.per_request} comparison(s) per add request, {args.write_concurrency} write / "
+          f"{args.read_concurrency} read connections, {args.users} users")
     print(f"acknowledged comparisons: {h['add_comparisons']['acknowledged_comparisons']} in "
-          f"{h['add_comparisons']['seconds']}s; log commits {h['log']['commits']} for "
+          f"{h['add_comparisons']['seconds']}s ({h['add_comparisons']['acknowledged_per_s']}/s); log commits {h['log']['commits']} for "
           f"{h['log']['comparisons_written']} comparisons; durability {h['durability']}")
     print("targets:", json.dumps(results["targets"]))
     if args.out:

@@ -210,6 +210,13 @@ def _idempotency_key(value: str | None) -> str | None:
         raise HTTPException(422, str(err)) from None
 
 
+def _write_reply(reply: dict, status: int = 200) -> JSONResponse:
+    """A write's reply as JSON directly: the service renders it with exactly the fields of
+    ``schemas.WriteOut`` (the route's ``response_model``, kept for the API's schema), so validating
+    it again per write would only cost time."""
+    return JSONResponse(reply, status_code=status)
+
+
 def _user_path(user_id: Annotated[str, PathParam(description="a user id")]) -> str:
     try:
         return schemas.check_id(user_id, "user id")
@@ -301,15 +308,17 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
     @app.post("/v1/users", status_code=201, response_model=schemas.WriteOut, dependencies=writes, tags=["users"])
     async def create_user(body: schemas.CreateUserIn, idempotency_key: IdemKey = None):
         key = _idempotency_key(idempotency_key)
-        return await svc.add_comparisons(body.user_id, body.comparisons, create_only=True, idempotency_key=key,
-                                         request_sha256=_request_sha("create", body.user_id, body))
+        return _write_reply(await svc.add_comparisons(body.user_id, body.comparisons, create_only=True,
+                                                      idempotency_key=key,
+                                                      request_sha256=_request_sha("create", body.user_id, body)),
+                            201)
 
     @app.post("/v1/users/{user_id:path}/comparisons", response_model=schemas.WriteOut, dependencies=writes,
               tags=["users"])
     async def add_comparisons(user_id: UserPath, body: schemas.ComparisonsIn, idempotency_key: IdemKey = None):
         key = _idempotency_key(idempotency_key)
-        return await svc.add_comparisons(user_id, body.comparisons, idempotency_key=key,
-                                         request_sha256=_request_sha("add", user_id, body))
+        return _write_reply(await svc.add_comparisons(user_id, body.comparisons, idempotency_key=key,
+                                                      request_sha256=_request_sha("add", user_id, body)))
 
     @app.delete("/v1/users/{user_id:path}", response_model=schemas.DeleteOut, dependencies=writes, tags=["users"])
     async def delete_user(user_id: UserPath):

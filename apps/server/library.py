@@ -184,11 +184,52 @@ def population_state(model):
 # ---------------------------------------------------------------------- personalizing
 def support_batch(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequence[str], labels: Sequence[float],
                   weights: Sequence[float], contexts: Sequence[str | None], features: dict[str, np.ndarray]):
-    """One user's comparisons as a model batch (``plural.PreferenceData.from_records`` and
-    ``plural.comparison_batch``). ``keys`` are catalog item ids or :func:`text_key` of texts; the
-    item table holds only the items compared, with their features (``features`` for the texts,
-    the catalog's for the rest), so catalog items keep their learned identities and texts are new
-    items known by their features."""
+    """One user's comparisons as a model batch: the batch ``plural.comparison_batch`` makes of
+    ``plural.PreferenceData.from_records`` of them (:func:`support_batch_from_records`, which
+    ``tests/apps/server`` compares it with), built from the catalog's rows directly (that pair of
+    calls validates and re-indexes a new dataset per write: half of a write's cost on the CPU).
+    ``keys`` are catalog item ids or :func:`text_key` of texts; catalog items keep their learned
+    identities (the model's index) and texts are new items (index -1) known by their features
+    (``features``). Labels and weights were validated by the request's schema; the model checks
+    the batch again (``check_support``) in ``plural.personalize``."""
+    import torch
+
+    model = run.model
+    row_of = catalog_rows(run)
+    catalog = run.data.item_features
+    for row, (a, b) in enumerate(zip(keys_a, keys_b)):
+        if a == b:  # as from_records (the request's schema refuses it first)
+            raise ValueError(f"row {row}: item {a!r} is compared with itself")
+
+    def side(keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [row_of.get(k, -1) for k in keys]
+        if all(r >= 0 for r in rows):
+            table = catalog[rows]
+        else:
+            table = np.stack([features[k] if r < 0 else catalog[r] for k, r in zip(keys, rows)])
+        return (model.item_index(list(keys)),
+                torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)))
+
+    item_a, features_a = side(keys_a)
+    item_b, features_b = side(keys_b)
+    n = len(labels)
+    if any(c is not None for c in contexts):
+        known = model.context_index([c for c in contexts if c is not None]).tolist()
+        it = iter(known)
+        context = torch.tensor([-1 if c is None else next(it) for c in contexts], dtype=torch.long)
+    else:
+        context = torch.full((n,), -1, dtype=torch.long)
+    return {"user": model.user_index([user_id]).expand(n).clone(), "item_a": item_a, "item_b": item_b,
+            "label": torch.from_numpy(np.asarray(labels, dtype=np.float64).astype(np.float32)),
+            "weight": torch.from_numpy(np.asarray(weights, dtype=np.float32)),
+            "context": context, "features_a": features_a, "features_b": features_b}
+
+
+def support_batch_from_records(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequence[str],
+                               labels: Sequence[float], weights: Sequence[float], contexts: Sequence[str | None],
+                               features: dict[str, np.ndarray]):
+    """:func:`support_batch` through the public API: ``plural.PreferenceData.from_records`` (the
+    item table holds only the items compared, with their features) and ``plural.comparison_batch``."""
     import plural
 
     used = list(dict.fromkeys(list(keys_a) + list(keys_b)))
@@ -202,11 +243,14 @@ def support_batch(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequenc
 
 
 def personalize(run: Run, store, support):
-    """``plural.personalize(model, store, support)``: the user's state from their whole history,
-    with the stored users as the prior."""
+    """``plural.personalize(model, store, support, check_fingerprint=False)``: the user's state from
+    their whole history, with the stored users as the prior. The store's fingerprint is not
+    checked on every write (it hashes the model's weights): the service's store is built from
+    this model (:func:`new_store`) or loaded with ``UserStore.load(path, model=model)``
+    (:func:`load_store`), which refuses a store of another model."""
     import plural
 
-    return plural.personalize(run.model, store, support)
+    return plural.personalize(run.model, store, support, check_fingerprint=False)
 
 
 def training_support_rows(run: Run, user_id: str) -> np.ndarray:

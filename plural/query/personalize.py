@@ -16,11 +16,12 @@ prior is built from the stored users of their own context only, recentred on the
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import torch
 
-from plural.core.laplace import newton_map, stable_sigmoid
+from plural.core.laplace import MAX_HALVINGS, ConvergenceWarning, stable_sigmoid
 from plural.core.likelihood import label_log_likelihood, score_and_information
 from plural.core.latent import inference, support_weight
 from plural.core.model import PreferenceModel, UserState
@@ -194,6 +195,87 @@ def _context_group(model: PreferenceModel, store: UserStore, support: dict, larg
     return group if MIN_CONTEXT_USERS <= len(group) <= largest else None
 
 
+def _loglik(m: np.ndarray, y: np.ndarray, w: np.ndarray, noise_rate: float) -> np.ndarray:
+    """``(w * label_log_likelihood(m, y, noise_rate)).sum(-1)``; without label noise from one
+    ``log sigmoid(m)`` (``log sigmoid(-m) = log sigmoid(m) - m``), equal to it up to rounding."""
+    if noise_rate > 0:
+        return (w * label_log_likelihood(m, y, noise_rate)).sum(-1)
+    log_a = np.minimum(m, 0.0) - np.log1p(np.exp(-np.abs(m)))
+    return (w * (log_a - (1 - y) * m)).sum(-1)
+
+
+def _mixture_newton(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
+                    precisions: np.ndarray, n_steps: int, noise_rate: float = 0.0, tol: float = 1e-6):
+    """:func:`plural.core.laplace.newton_map` for margins ``m0 + jac @ u`` with one Jacobian shared
+    by the C problems (each starting at its prior mean): the same damped Newton steps, halvings,
+    tolerance and convergence warning, with the shared Jacobian used as such (the Hessians are one
+    matrix product, ``J^T diag(s) J = s @ vec(j_i j_i^T)``), a halving that re-evaluates only the
+    problems it shortens, and the log-likelihood from one log-sigmoid. Its results equal
+    ``newton_map``'s up to floating-point rounding (``tests/plural/query/test_personalize.py``).
+
+    Returns ``(modes (C, K), Hessians (C, K, K), log-likelihoods (C,), prior quadratic forms (C,))``:
+    the last two at the modes, with the quadratic form ``(u - mu)^T P (u - mu)``."""
+    n_comp, dim = centres.shape
+    outer = (jac[:, :, None] * jac[:, None, :]).reshape(len(jac), dim * dim)  # rows vec(j_i j_i^T)
+    u = np.array(centres, dtype=np.float64)
+    m = m0 + u @ jac.T
+    loglik = _loglik(m, y, w, noise_rate)
+    quad = np.zeros(n_comp)  # every problem starts at its prior mean
+    f = loglik.copy()
+    active = np.arange(n_comp)
+    moved = None
+
+    def hessian(m_a: np.ndarray, p_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, info = score_and_information(stable_sigmoid(m_a), y, noise_rate)
+        return w * score, p_a + ((w * info) @ outer).reshape(len(m_a), dim, dim)
+
+    def evaluate(v: np.ndarray, mu: np.ndarray, p: np.ndarray):
+        m_new = m0 + v @ jac.T
+        d = v - mu
+        q = np.einsum("ai,aij,aj->a", d, p, d)
+        ll = _loglik(m_new, y, w, noise_rate)
+        return m_new, ll, q, ll - 0.5 * q
+
+    for _ in range(n_steps):
+        if not len(active):
+            break
+        u_a, mu_a, p_a = u[active], centres[active], precisions[active]
+        resid, hess = hessian(m[active], p_a)
+        grad = resid @ jac - np.einsum("aij,aj->ai", p_a, u_a - mu_a)
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        scale = np.ones(len(active))
+        f_a = f[active]
+        candidate = u_a + step
+        m_new, ll_new, q_new, f_new = evaluate(candidate, mu_a, p_a)
+        worse = np.flatnonzero(~(f_new >= f_a - 1e-12 * np.abs(f_a)))
+        evaluations = 1  # as newton_map: steps of 1, 1/2, ... 1/2**(MAX_HALVINGS - 1), then none
+        while len(worse):
+            last = evaluations == MAX_HALVINGS
+            if last:  # no halving helps: those problems stay where they are
+                scale[worse] = 0.0
+            else:
+                scale[worse] *= 0.5
+            candidate[worse] = u_a[worse] + scale[worse, None] * step[worse]
+            m_new[worse], ll_new[worse], q_new[worse], f_new[worse] = evaluate(candidate[worse], mu_a[worse],
+                                                                               p_a[worse])
+            if last:
+                break
+            evaluations += 1
+            worse = worse[~(f_new[worse] >= f_a[worse] - 1e-12 * np.abs(f_a[worse]))]
+        u[active], m[active], f[active] = candidate, m_new, f_new
+        loglik[active], quad[active] = ll_new, q_new
+        moves = np.abs(scale[:, None] * step).max(axis=1)
+        moved = float(moves.max())
+        active = active[moves >= tol]
+    else:
+        if len(active):
+            warnings.warn("Newton's method stopped at its step limit before converging; raise the number of "
+                          "steps (adapt_steps) for an exact mode", ConvergenceWarning, stacklevel=3)
+            logger.debug("Newton's method: last step %.2g after %d steps (tolerance %g)", moved, n_steps, tol)
+    hess = precisions.copy() if n_steps == 0 else hessian(m, precisions)[1]
+    return u, hess, loglik, quad
+
+
 def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarray, centres: np.ndarray,
                        precisions: np.ndarray, log_det_cov: np.ndarray, log_mass: np.ndarray, n_steps: int,
                        noise_rate: float = 0.0):
@@ -202,17 +284,21 @@ def _mixture_posterior(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.nda
     (``(C, K, K)``; ``log_det_cov[c]`` the log-determinant of its covariance) with prior mass
     ``exp(log_mass[c])``; the likelihood is the model's, label noise included. Returns
     ``(mean (K,), covariance (K, K), weights (C,))``."""
-    u, hess = newton_map(lambda v: (m0 + v @ jac.T, jac), y, w, centres, precisions, centres,
-                         max(n_steps, 1), noise_rate=noise_rate)
-    loglik = (w * label_log_likelihood(m0 + u @ jac.T, y, noise_rate)).sum(1)
-    d = u - centres
-    log_prior = -0.5 * np.einsum("ca,cab,cb->c", d, precisions, d) - 0.5 * log_det_cov
-    log_evidence = log_mass + loglik + log_prior - 0.5 * np.linalg.slogdet(hess)[1]
+    u, hess, loglik, quad = _mixture_newton(m0, jac, y, w, centres, precisions, max(n_steps, 1),
+                                            noise_rate=noise_rate)
+    try:  # positive definite: a prior precision plus J^T diag(information) J
+        log_det_hess = 2 * np.log(np.diagonal(np.linalg.cholesky(hess), axis1=-2, axis2=-1)).sum(-1)
+    except np.linalg.LinAlgError:
+        log_det_hess = np.linalg.slogdet(hess)[1]
+    log_evidence = log_mass + loglik - 0.5 * quad - 0.5 * log_det_cov - 0.5 * log_det_hess
     post = np.exp(log_evidence - log_evidence.max())
     post /= post.sum()
     mean = post @ u
     spread = u - mean
-    cov = np.einsum("c,cab->ab", post, np.linalg.inv(hess)) + (spread * post[:, None]).T @ spread
+    # components of weight 0 (underflowed) add nothing: only the others' inverses are needed
+    kept = np.flatnonzero(post > 0)
+    eye = np.broadcast_to(np.eye(u.shape[1]), (len(kept),) + hess.shape[1:])
+    cov = np.einsum("c,cab->ab", post[kept], np.linalg.solve(hess[kept], eye)) + (spread * post[:, None]).T @ spread
     return mean, 0.5 * (cov + cov.T), post
 
 

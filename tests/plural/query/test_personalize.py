@@ -196,3 +196,36 @@ def test_user_contexts_survive_a_checkpoint_and_are_checked(in_two_contexts, tmp
     assert load_model(tmp_path / "m").user_contexts_ == model.user_contexts_
     with pytest.raises(ValueError, match="unknown"):
         make_model("low_rank").build(4, ["a"], ["i"], ["even"], [3], [["odd"]])
+
+
+def test_mixture_newton_equals_newton_map():
+    """personalize's Newton loop for a shared Jacobian takes newton_map's steps: the same modes,
+    Hessians and log-likelihoods up to floating-point rounding, label noise and ties included."""
+    import warnings
+
+    from plural.core.laplace import ConvergenceWarning, newton_map
+    from plural.core.likelihood import label_log_likelihood
+    from plural.query.personalize import _mixture_newton
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        dim, k, n_comp = int(rng.choice([1, 2, 4, 8])), int(rng.integers(1, 30)), int(rng.choice([1, 3, 50]))
+        scale = float(rng.choice([0.3, 1.0, 5.0]))
+        m0, jac = rng.normal(size=k) * 0.1 * scale, rng.normal(size=(k, dim)) * scale
+        y, w = rng.choice([0.0, 0.5, 1.0], size=k), rng.random(k) + 0.2
+        a = rng.normal(size=(dim, dim))
+        prior = a @ a.T + np.eye(dim)
+        prec = np.concatenate([prior[None], np.broadcast_to(prior * 4, (n_comp - 1, dim, dim))])
+        centres = rng.normal(size=(n_comp, dim)) * scale
+        steps, noise = int(rng.choice([1, 4, 30])), float(rng.choice([0.0, 0.1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            u_ref, h_ref = newton_map(lambda v: (m0 + v @ jac.T, jac), y, w, centres, prec, centres, steps,
+                                      noise_rate=noise)
+            u, h, loglik, quad = _mixture_newton(m0, jac, y, w, centres, prec, steps, noise_rate=noise)
+        np.testing.assert_allclose(u, u_ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(h, h_ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(loglik, (w * label_log_likelihood(m0 + u_ref @ jac.T, y, noise)).sum(1),
+                                   rtol=1e-9, atol=1e-9)
+        d = u_ref - centres
+        np.testing.assert_allclose(quad, np.einsum("ca,cab,cb->c", d, prec, d), rtol=1e-9, atol=1e-9)
