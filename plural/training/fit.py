@@ -278,10 +278,46 @@ def fit(
         "world_size": int(trainer.world_size),
         "encoder": encoder_spec,
         "n_long_texts": int(n_long),
+        "personal_spread": None if closed_form else personal_spread(model, data, train_rows, random_state),
     }
+    spread = model.fit_report_["personal_spread"]
+    if spread is not None and spread < PERSONAL_FLOOR:
+        logger.warning("%s: the personal part did not move from the population (personal_spread %.2g < %g): "
+                       "every training user scores items as the population does", model.name, spread, PERSONAL_FLOOR)
     model.encoder_spec_ = encoder_spec
     logger.info("trained %s: %s", model.name, model.fit_report_)
     return model
+
+
+PERSONAL_FLOOR = 0.01
+"""``personal_spread`` below this is reported as a personal part that did not move (a warning)."""
+
+
+@torch.no_grad()
+def personal_spread(model: PreferenceModel, data: PreferenceData, rows: np.ndarray, random_state: int = 0,
+                    max_items: int = 256, max_users: int = 512) -> float | None:
+    """How far the training users' rewards moved from the population's: over up to ``max_items``
+    training items and ``max_users`` training users (seeded samples), the mean over items of the
+    standard deviation over users of ``r_u(x) - r_0(x)``, divided by the standard deviation of the
+    population reward ``r_0`` over the items. 0 means every user scores as the population does; None
+    for a model with no user states (or fewer than two users)."""
+    if model.user_dim == 0 or len(getattr(model, "user_ids_", ())) < 2 or data.item_features is None:
+        return None
+    rng = np.random.default_rng(random_state)
+    items = data.items_of(rows)
+    items = rng.choice(items, min(max_items, len(items)), replace=False)
+    states = model.user_states().float()
+    if states.shape[1] == 0:  # users are fitted at query time only (per_user_logistic)
+        return None
+    if len(states) > max_users:
+        states = states[torch.as_tensor(np.sort(rng.choice(len(states), max_users, replace=False)))]
+    x = torch.from_numpy(np.ascontiguousarray(data.item_features[items], dtype=np.float32)).to(model.device)
+    index = model.item_index(data.item_ids[items]).to(model.device)
+    users = model.reward(x, states.to(model.device), index).double()
+    population = model.reward(x, model.population_state().vector.float().to(model.device)[None], index).double()[0]
+    scale = float(population.std(correction=0))
+    moved = float((users - population).std(dim=0, correction=0).mean())
+    return moved / scale if scale > 0 else (0.0 if moved == 0 else float("inf"))
 
 
 def _has_rich() -> bool:

@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -286,3 +287,17 @@ def test_a_model_without_trainable_parameters_is_fitted_by_plural_fit(planted):
     again = make_model("item_winrate").fit(data, train_rows=rows, val_rows=np.arange(500, 600), show_progress=False)
     assert again.fit_report_["n_train"] == 500 and again.fit_report_["n_val"] == 0
     assert float(again.wins.sum() + again.losses.sum()) == pytest.approx(2 * float(data.weight[rows].sum()))
+
+
+def test_fit_reports_how_far_the_personal_part_moved(planted, caplog):
+    """``personal_spread``: users' rewards around the population's, relative to the population's own
+    spread; a personal part held at zero by its prior is reported with a warning."""
+    data, _ = planted
+    options = dict(max_epochs=4, min_steps=0, batch_size=128, show_progress=False)
+    moved = make_model("low_rank", hidden_dim=16, item_dim=8, n_components=2).fit(data, **options)
+    assert moved.fit_report_["personal_spread"] > 0.05
+    with caplog.at_level(logging.WARNING, logger="plural.training.fit"):
+        pinned = make_model("low_rank", hidden_dim=16, item_dim=8, n_components=2, user_l2=1e9).fit(data, **options)
+    assert pinned.fit_report_["personal_spread"] < 0.01
+    assert "did not move" in caplog.text
+    assert make_model("bradley_terry", hidden_dim=8).fit(data, **options).fit_report_["personal_spread"] is None
