@@ -57,8 +57,9 @@ class BenchConfig:
     """Support draws per unseen user."""
     max_unseen_users: int | None = 300
     """Cap on unseen users scored (sampled with the seed), to bound run time; None for all."""
-    max_epochs: int = 20
-    """Upper bound on training epochs (early stopping on validation log-loss)."""
+    max_epochs: int | None = None
+    """Upper bound on training epochs (early stopping on validation log-loss); None: ``plural.fit``'s
+    default, enough epochs for its ``min_steps`` optimizer steps and at least 30."""
     batch_size: int = 512
     """Training batch size."""
     random_split: bool = True
@@ -110,16 +111,37 @@ def bench_synthetic(name: str, quick: bool = False, random_state: int = 0):
     raise ValueError(f"unknown synthetic set {name!r}; known: {', '.join(SYNTHETIC)}")
 
 
+PROMPTS_SUFFIX = "+prompts"
+"""Appended to a dataset name, asks :func:`load_bench_dataset` for prompt-aware items."""
+
+
 def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
                        read_options: dict | None = None) -> PreferenceData:
     """A dataset for the benchmark, with item features: a bundled one, a synthetic one
     (``synthetic_mixture``: 4 types, 400 users, 2000 items, 384-d; ``synthetic_noisy``: the same with
     20% of labels flipped; ``synthetic_length``: UKPConvArg1 arguments, a minority prefers the shorter),
     or a path to a user's file, read by ``plural.data.converters.from_file`` with ``read_options``
-    (``kind`` and the converter's column options). ``quick`` shrinks the synthetic sets for tests."""
+    (``kind`` and the converter's column options). ``quick`` shrinks the synthetic sets for tests.
+
+    A name ending in :data:`PROMPTS_SUFFIX` (``ukpconvarg1+prompts``, ``rows.jsonl+prompts``) is the
+    same data with prompt-aware items (``plural.data.prompts.with_prompts``: one item per prompt and
+    response, the contexts' texts as prompts), named so."""
     from plural.data import synthetic
     from plural.data.encoders import ensure_features
     from plural.training.runs import load_dataset
+
+    if name.endswith(PROMPTS_SUFFIX) and len(name) > len(PROMPTS_SUFFIX):
+        from plural.data.prompts import with_prompts
+
+        base = name[: -len(PROMPTS_SUFFIX)]
+        if base in SYNTHETIC:
+            raise ValueError(f"{base} has no prompts: {PROMPTS_SUFFIX} applies to data whose contexts have texts")
+        from plural.data.bundled import DATASETS
+
+        data = load_dataset(base) if base in DATASETS else load_dataset(base, **(read_options or {}))
+        aware = with_prompts(data)
+        aware.name = f"{data.name}{PROMPTS_SUFFIX}"
+        return aware
 
     if name in SYNTHETIC:
         syn = bench_synthetic(name, quick=quick, random_state=random_state)

@@ -221,12 +221,14 @@ def _show_one_user(res: dict) -> None:
 @app.command()
 def bench(
     data: str = typer.Option("ukpconvarg1,polis,movielens,synthetic_mixture,synthetic_noisy,synthetic_length",
-                             help="comma-separated bundled or synthetic datasets, or file paths"),
+                             help="comma-separated bundled or synthetic datasets, or file paths; NAME+prompts "
+                                  "for prompt-aware items (the contexts' texts are the prompts)"),
     models: str = typer.Option(None, help="comma-separated model names (default: the whole zoo and baselines)"),
     seeds: str = typer.Option("0", help="comma-separated seeds"),
     out: Path = typer.Option(Path("runs/bench"), help="output directory (results.json, results.md, PNGs)"),
     max_unseen_users: int = typer.Option(300, help="unseen users scored per dataset and seed (0: all)"),
-    max_epochs: int = typer.Option(20),
+    max_epochs: int = typer.Option(None, help="upper bound on epochs (default: enough for 1,000 optimizer steps, "
+                                              "at least 30; early stopping on validation log-loss)"),
     quick: bool = typer.Option(False, help="tiny synthetic data and few epochs (seconds)"),
     jobs: int = typer.Option(1, help="worker processes, one (dataset, seed) run each at a time"),
     kind: str = typer.Option("pairs", help=KIND_HELP),

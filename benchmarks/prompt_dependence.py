@@ -22,6 +22,9 @@ population reward can do on length pairs, since 60% of users are type A) and at 
 comparisons of support (``model.adapt``).
 
     .venv/bin/python benchmarks/prompt_dependence.py --seeds 0,1,2 --out prompt_dependence.json
+
+``--write-trl rows.jsonl`` writes seed 0's comparisons as TRL rows (``prompt``, ``chosen``,
+``rejected``, ``user_id``) and stops, for ``plural bench --data rows.jsonl,rows.jsonl+prompts --kind trl``.
 """
 
 from __future__ import annotations
@@ -152,6 +155,18 @@ def run(seed: int, models: list[str], max_epochs: int | None, early_stopping: bo
     return out
 
 
+def write_trl(path: Path, seed: int = 0) -> int:
+    """Write seed ``seed``'s comparisons as TRL rows (the preferred response is ``chosen``); returns
+    the number of rows."""
+    raw, _ = make_data(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for u, a, b, label, c in zip(raw.user, raw.item_a, raw.item_b, raw.label, raw.context):
+            chosen, rejected = (a, b) if label == 1.0 else (b, a)
+            f.write(json.dumps({"prompt": str(raw.context_text[c]), "chosen": str(raw.item_text[chosen]),
+                                "rejected": str(raw.item_text[rejected]), "user_id": str(raw.user_ids[u])}) + "\n")
+    return len(raw)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -159,7 +174,11 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="default: plural.fit's (enough for its min_steps)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-early-stopping", action="store_true", help="train every epoch (no validation rows)")
+    parser.add_argument("--write-trl", type=Path, default=None, help="write seed 0 as TRL rows (jsonl) and stop")
     args = parser.parse_args()
+    if args.write_trl:
+        print(f"wrote {write_trl(args.write_trl)} TRL rows to {args.write_trl}")
+        return
     import logging
 
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)

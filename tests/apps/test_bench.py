@@ -126,3 +126,22 @@ def test_split_mode_and_models_are_checked_first():
         BenchConfig(split_mode="random")
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         run_benchmark({}, BenchConfig(models=("bradley_terry", "nope")))
+
+
+def test_a_name_ending_in_prompts_gives_prompt_aware_items(tmp_path):
+    """``rows.jsonl+prompts``: the TRL rows of a file, one item per (prompt, response), the features
+    [response, prompt, response * prompt] of the recorded encoder, and the name says so."""
+    rows = [{"prompt": p, "chosen": c, "rejected": r, "user_id": u}
+            for u in ("ann", "bob") for p in ("Say it briefly.", "Explain it in depth.")
+            for c, r in (("Short answer.", "A long and winding answer with details."),
+                         ("Polite reply, thank you.", "Rude reply."))]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = load_bench_dataset(str(path), read_options={"kind": "trl"})
+    aware = load_bench_dataset(f"{path}+prompts", read_options={"kind": "trl"})
+    assert aware.name == f"{plain.name}+prompts" and len(aware) == len(plain) == 8
+    assert len(plain.item_ids) == 4 and len(aware.item_ids) == 8  # each response under each prompt
+    assert aware.item_features.shape[1] == 3 * plain.item_features.shape[1]
+    assert aware.meta["encoder"]["prompts"] == "response|prompt|response*prompt"
+    with pytest.raises(ValueError, match="no prompts"):
+        load_bench_dataset("synthetic_mixture+prompts")
