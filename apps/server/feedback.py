@@ -13,7 +13,8 @@ that should not depend on which of those happens. ``FULL`` costs one fsync per c
 it once per *group* of writes: it takes every write waiting in its queue (up to
 :data:`MAX_GROUP`), commits them in one transaction, then answers them all, so under load many
 acknowledgements share one fsync. A write whose own statement fails (an idempotency key taken
-meanwhile) is rolled back alone through a savepoint; the rest of its group commits.
+meanwhile) is rolled back alone through a savepoint; the rest of its group commits (a group of
+one write takes no savepoint: its transaction is rolled back instead).
 
 Tables
 ------
@@ -274,20 +275,29 @@ class FeedbackLog:
     def _commit_group(self, conn: sqlite3.Connection, group: list) -> None:
         results: list[tuple[Any, Any, BaseException | None]] = []
         checkpoint = False
+        alone = len(group) == 1  # no savepoint: a failed write rolls its own (one-write) transaction back
+        rolled_back = False
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in group:
-                conn.execute("SAVEPOINT op")
+                if not alone:
+                    conn.execute("SAVEPOINT op")
                 try:
                     result = self._execute(conn, op)
-                    conn.execute("RELEASE op")
+                    if not alone:
+                        conn.execute("RELEASE op")
                     results.append((op, result, None))
                     checkpoint |= isinstance(op, _Delete)
                 except (IdempotencyConflict, sqlite3.IntegrityError, ValueError) as err:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    if alone:
+                        conn.execute("ROLLBACK")
+                        rolled_back = True
+                    else:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
                     results.append((op, None, err))
-            conn.execute("COMMIT")
+            if not rolled_back:
+                conn.execute("COMMIT")
         except BaseException as err:  # the whole group failed to commit: nothing of it is durable
             logger.exception("feedback log: a group of %d writes failed to commit", len(group))
             try:
