@@ -64,7 +64,8 @@ def train(
     model: str = typer.Option("bradley_terry", help="model name"),
     out: Path = typer.Option(..., help="run directory to write"),
     seed: int = typer.Option(0, help="random seed for splits, weights and shuffling"),
-    max_epochs: int = typer.Option(30, help="upper bound on epochs (early stopping on validation log-loss)"),
+    max_epochs: int = typer.Option(None, help="upper bound on epochs (default: enough for 1,000 optimizer steps, "
+                                              "at least 30; early stopping on validation log-loss)"),
     batch_size: int = typer.Option(256),
     split: str = typer.Option(None, help=SPLIT_HELP),
     kind: str = typer.Option(None, help=KIND_HELP + " (default: pairs)"),
@@ -77,6 +78,8 @@ def train(
     devices: str = typer.Option(None, help="Lightning devices, e.g. 2 or 0,1 (default: one device, the GPU if any)"),
     strategy: str = typer.Option(None, help="Lightning strategy, e.g. ddp (default: none, one device)"),
     precision: str = typer.Option(None, help="Lightning precision, e.g. 16-mixed"),
+    prompts: bool = typer.Option(False, help="prompt-aware items: the reward sees each response with its prompt "
+                                 "(the comparisons' context texts, e.g. a TRL file's prompt column)"),
     overwrite: bool = typer.Option(False, help="replace OUT even if it holds files that are not a plural run"),
 ) -> None:
     """Train MODEL on the seen users of DATA and save the run to OUT."""
@@ -102,7 +105,7 @@ def train(
     start = time.perf_counter()
     record = train_run(data, model, out, random_state=seed, max_epochs=max_epochs, batch_size=batch_size,
                        split_mode=split, encoder=text_encoder, devices=None if devices is None else _int_or_str(devices), strategy=strategy,
-                       precision=precision, overwrite=overwrite, read_options=read)
+                       precision=precision, overwrite=overwrite, read_options=read, prompts=prompts)
     rep = record["fit_report"]
     console.print(f"[bold]trained[/] {model} on {data} ({record['split_mode']} split): {record['n_train']} "
                   f"comparisons from {record['n_seen_users']} users, {rep['epochs']} epochs in "
@@ -145,6 +148,18 @@ def serve(
     run_server(run, host=host, port=port, state_dir=state_dir, snapshot_every_s=snapshot_every)
 
 
+def _with_option_defaults(command, **given):
+    """Call a command function from Python: every parameter not in ``given`` takes its option's
+    default (a bare call would pass typer's ``OptionInfo`` objects)."""
+    import inspect
+
+    for name, parameter in inspect.signature(command).parameters.items():
+        if name not in given:
+            default = parameter.default
+            given[name] = default.default if isinstance(default, typer.models.OptionInfo) else default
+    return command(**given)
+
+
 @app.command()
 def demo(
     data: str = typer.Option("ukpconvarg1", help="bundled dataset for the baseline"),
@@ -158,9 +173,7 @@ def demo(
 
     _check_models([model], "--model")
     console.rule(f"1. Bradley-Terry baseline on {data}")
-    train(data=data, model="bradley_terry", out=out / "bradley_terry", seed=0, max_epochs=30,
-          batch_size=256, split=None, kind=None, column=[], devices=None, strategy=None, precision=None,
-          overwrite=False)
+    _with_option_defaults(train, data=data, model="bradley_terry", out=out / "bradley_terry", max_epochs=30)
     eval_(out / "bradley_terry")
 
     console.rule(f"2. {model} on {personal_data}: personalizing users it never saw")

@@ -69,10 +69,10 @@ def _how_to_read(dataset: str, read_options: dict) -> tuple[str | None, dict]:
 
 
 def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_state: int = 0,
-              unseen_fraction: float = 0.2, split_mode: str | None = None, max_epochs: int = 30,
+              unseen_fraction: float = 0.2, split_mode: str | None = None, max_epochs: int | None = None,
               batch_size: int = 256, show_progress: bool = True, encoder=None,
               model_options: dict | None = None, overwrite: bool = False, read_options: dict | None = None,
-              **fit_options) -> dict:
+              prompts: bool = False, **fit_options) -> dict:
     """Load ``dataset``, split users and comparisons (:func:`plural.evaluation.protocol.protocol_split`),
     fit ``model_name`` on the seen users' training comparisons, and save model, split and report to
     ``out`` (one checkpoint directory, written atomically; ``out`` must be new, empty or an earlier
@@ -81,8 +81,11 @@ def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_s
     ``dataset`` is a bundled name or a file path; ``read_options`` (``kind`` and the converter's
     column options, e.g. ``{"kind": "trl", "user_id": "annotator"}``) say how to read a file, and
     are recorded with its absolute path so :func:`evaluate_run` reads it again. ``split_mode``
-    (``"items"`` or ``"comparisons"``) overrides the dataset's own (``default_split_mode``). The
-    model name, split mode and output directory are checked before the data is loaded."""
+    (``"items"`` or ``"comparisons"``) overrides the dataset's own (``default_split_mode``).
+    ``prompts=True`` trains on prompt-aware items (:func:`plural.data.prompts.with_prompts`: one item
+    per prompt and response, the contexts' texts as prompts); the checkpoint's encoder spec says so,
+    and :func:`evaluate_run` builds the same items again. ``max_epochs`` None is ``plural.fit``'s
+    default. The model name, split mode and output directory are checked before the data is loaded."""
     check_save_target(out, overwrite)  # refuse a directory of someone else's files before training
     model_class(model_name)  # an unknown model fails now, not after loading and encoding the data
     if split_mode is not None and split_mode not in MODES:
@@ -93,6 +96,11 @@ def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_s
                          f"apply to a file only")
     dataset_path, recorded_options = _how_to_read(dataset, read_options)
     data = load_dataset(dataset, **read_options)
+    if prompts:
+        from plural.data.encoders import TextEncoder
+        from plural.data.prompts import with_prompts
+
+        data = with_prompts(data, encoder if encoder is not None else TextEncoder())
     protocol = protocol_split(data, random_state, unseen_fraction=unseen_fraction, mode=split_mode)
     seen, unseen, split, mode = protocol.seen, protocol.unseen, protocol.split, protocol.mode
     model = make_model(model_name, **(model_options or {}))
@@ -103,7 +111,8 @@ def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_s
     record = {
         "dataset": dataset, "model": model_name, "random_state": random_state,
         "unseen_fraction": unseen_fraction, "split_mode": mode,
-        "dataset_path": dataset_path, "read_options": recorded_options, "n_comparisons": int(len(data)),
+        "dataset_path": dataset_path, "read_options": recorded_options, "prompts": bool(prompts),
+        "n_comparisons": int(len(data)),
         "n_seen_users": int(len(seen)), "n_unseen_users": int(len(unseen)),
         "n_train": int(len(split.train)), "n_val": int(len(split.val)), "n_test": int(len(split.test)),
         "n_dropped_by_split": split.n_dropped, "data": repr(data), "data_meta": _jsonable(data.meta),
@@ -137,10 +146,16 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
 
     if not _is_bundled(source) and not Path(source).exists():
         raise ValueError(f"{run_dir}: the run was trained on the file {source}, which is not there now")
+    from plural.data.prompts import is_prompt_aware, with_prompts
+
     raw = load_dataset(source, **read_options)
-    if raw.item_features is None:  # texts: embedded as at training time (a different encoder is an error)
-        encoder = resolve_encoder(getattr(model, "encoder_spec_", None), encoder)
-    data = ensure_features(raw, encoder)
+    spec = getattr(model, "encoder_spec_", None)
+    if is_prompt_aware(spec):  # responses in context, embedded as at training time
+        data = with_prompts(raw, resolve_encoder(spec, encoder))
+    else:
+        if raw.item_features is None:  # texts: embedded as at training time (a different encoder is an error)
+            encoder = resolve_encoder(spec, encoder)
+        data = ensure_features(raw, encoder)
     with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
         test, unseen = split["test"], split["unseen_users"]
     expected = record.get("n_comparisons")

@@ -167,3 +167,36 @@ def test_bench_prints_progress_and_takes_split(tmp_path):
     assert saved["datasets"]["synthetic_mixture"]["runs"][0]["split_mode"] == "comparisons"
     assert saved["config"]["split_mode"] == "comparisons"
     assert "pair protocol" in out
+
+
+def _trl_file(path):
+    rows = [{"prompt": p, "chosen": c, "rejected": r, "user_id": f"u{u}"}
+            for u in range(6) for p in ("Say it briefly.", "Explain it in depth.", "Tell me about tides.")
+            for c, r in (("Short answer.", "A long and winding answer with details."),
+                         ("Polite reply, thank you.", "Rude reply."), ("Tides follow the moon.", "No idea."))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_with_prompts_and_eval_rebuild_the_responses_in_context(tmp_path):
+    data = _trl_file(tmp_path / "rows.jsonl")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--kind", "trl", "--model", "low_rank",
+                                 "--prompts", "--out", str(out), "--max-epochs", "2"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["prompts"] is True
+    assert record["fit_report"]["encoder"]["prompts"] == "response|prompt|response*prompt"
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 0 and "seen, test" in result.output, result.output
+
+
+def test_commands_called_from_python_take_their_option_defaults(tmp_path):
+    """The demo calls `train` as a function: every option it does not pass is the option's default,
+    not typer's OptionInfo (which a bare call would hand to TextEncoder)."""
+    from apps.cli import _with_option_defaults, train
+
+    out = tmp_path / "run"
+    _with_option_defaults(train, data=str(_trl_file(tmp_path / "rows.jsonl")), kind="trl", model="bradley_terry",
+                          out=out, max_epochs=1)
+    assert json.loads((out / "run.json").read_text())["prompts"] is False
