@@ -10,6 +10,11 @@ wait on SQLite's lock. Nothing is pickled. The cache root is the ``cache_dir`` a
 short hash of its resolved path (or hub name), so two models never share vectors. Vectors are
 stored as the model outputs them; ``normalize`` is applied on the way out, so one cache serves both
 settings. Delete a model's folder to clear its cache.
+
+A cache can be bounded (``max_entries``; ``TextEncoder(cache=n)``): after a write leaves more
+vectors than the bound, entries other than those just written are evicted in the order of their
+keys, the SHA-256 of their texts, which amounts to random replacement (the file keeps no access
+times). The bound applies to the whole file, whichever process wrote it.
 """
 
 from __future__ import annotations
@@ -66,9 +71,12 @@ def text_hash(text: str) -> str:
 class EmbeddingCache:
     """One model's vectors in one SQLite file; see the module docstring."""
 
-    def __init__(self, path: Path, model: str) -> None:
+    def __init__(self, path: Path, model: str, max_entries: int | None = None) -> None:
+        if max_entries is not None and max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1 or None, got {max_entries!r}")
         self.path = path
         self.model = model
+        self.max_entries = max_entries
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -126,7 +134,10 @@ class EmbeddingCache:
         return found
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
-        """Store ``vectors`` ``(len(keys), d)`` under ``keys``, all in one transaction."""
+        """Store ``vectors`` ``(len(keys), d)`` under ``keys``, all in one transaction (with a bound,
+        at most ``max_entries`` of them, and older entries evicted to make room)."""
+        if self.max_entries is not None:
+            keys, vectors = list(keys)[: self.max_entries], vectors[: self.max_entries]
         dim = int(vectors.shape[1])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         blobs = np.ascontiguousarray(vectors, dtype="<f4")
@@ -146,9 +157,30 @@ class EmbeddingCache:
                     ("dim", str(dim)), ("dtype", "float32-le")])
                 conn.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?)",
                                  ((key, blobs[i].tobytes()) for i, key in enumerate(keys)))
+                if self.max_entries is not None:
+                    self._evict(conn, set(keys))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
 
+    def _evict(self, conn: sqlite3.Connection, keep: set[str]) -> None:
+        """Delete entries beyond ``max_entries``, never one of ``keep`` (the batch just written)."""
+        excess = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] - self.max_entries
+        if excess <= 0:
+            return
+        victims = [key for (key,) in conn.execute(
+            "SELECT text_sha256 FROM embeddings ORDER BY text_sha256 LIMIT ?", (excess + len(keep),))
+            if key not in keep][:excess]
+        conn.executemany("DELETE FROM embeddings WHERE text_sha256 = ?", ((k,) for k in victims))
+        logger.debug("embedding cache %s: evicted %d entries (bound %d)", self.path, len(victims), self.max_entries)
 
+    def __len__(self) -> int:
+        """Vectors stored."""
+        if not self.path.exists():
+            return 0
+        with self._connect() as conn:
+            try:
+                return int(conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0

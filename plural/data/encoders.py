@@ -105,7 +105,10 @@ class TextEncoder:
             pools them (mean weighted by each window's tokens), so every token counts;
             ``"truncate"`` embeds its first ``max_length`` tokens, as sentence-transformers does,
             and logs a warning with the count; ``"error"`` raises ``ValueError`` naming the text.
-        cache: False embeds every text afresh and writes nothing to disk (the cache is not opened).
+        cache: False embeds every text afresh and writes nothing to disk (the cache is not opened);
+            an integer ``n >= 1`` bounds the model's cache file to ``n`` vectors (see
+            :class:`plural.data.embedding_cache.EmbeddingCache`'s ``max_entries``), for a stream of
+            texts that rarely repeat, such as an RLHF policy's completions.
 
     Attributes:
         n_embedded_: texts sent to the model so far (distinct texts; cumulative).
@@ -130,7 +133,7 @@ class TextEncoder:
         show_progress: bool = False,
         max_length: int | None = None,
         long_texts: str = "chunk",
-        cache: bool = True,
+        cache: bool | int = True,
     ) -> None:
         if long_texts not in LONG_TEXT_MODES:
             raise ValueError(f"long_texts must be one of {LONG_TEXT_MODES}, got {long_texts!r}")
@@ -138,7 +141,12 @@ class TextEncoder:
             raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
         self.max_length = None if max_length is None else int(max_length)
         self.long_texts = long_texts
-        self.cache = bool(cache)
+        if isinstance(cache, bool):
+            self.cache, self.cache_max_entries = cache, None
+        elif isinstance(cache, (int, np.integer)) and cache >= 1:
+            self.cache, self.cache_max_entries = True, int(cache)
+        else:
+            raise ValueError(f"cache must be True, False or a number of vectors >= 1, got {cache!r}")
         self.n_long_ = 0
         self.model_name_or_path = model_name_or_path
         self.cache_dir = cache_dir
@@ -188,7 +196,7 @@ class TextEncoder:
         return cache_root(self.cache_dir) / self.model_key / CACHE_FILE
 
     def _cache(self) -> EmbeddingCache:
-        return EmbeddingCache(self.cache_path, self.model_path)
+        return EmbeddingCache(self.cache_path, self.model_path, max_entries=self.cache_max_entries)
 
     @property
     def dim(self) -> int:

@@ -92,6 +92,23 @@ def test_cache_off_writes_nothing(tmp_path, shared):
     assert not enc.cache_path.exists()
 
 
+def test_a_bounded_cache_keeps_at_most_its_bound_and_the_latest_batch(tmp_path, shared):
+    from plural.data.embedding_cache import EmbeddingCache
+
+    enc = TextEncoder(cache_dir=tmp_path, cache=3)
+    first = enc.encode(["one", "two", "three"])
+    assert len(EmbeddingCache(enc.cache_path, enc.model_path)) == 3
+    enc.encode(["four", "five"])
+    store = EmbeddingCache(enc.cache_path, enc.model_path)
+    assert len(store) == 3
+    latest = store.get([enc._key(t) for t in ("four", "five")])
+    assert len(latest) == 2  # what was just written stays; two older vectors went
+    again = TextEncoder(cache_dir=tmp_path, cache=3).encode(["one", "two", "three"])
+    np.testing.assert_allclose(again, first, atol=1e-6)  # evicted texts are embedded again, the same
+    with pytest.raises(ValueError, match="cache must be"):
+        TextEncoder(cache=0)
+
+
 def test_spec_round_trip_and_mismatch(tmp_path):
     enc = TextEncoder(cache_dir=tmp_path, max_length=128, long_texts="truncate")
     again = encoder_from_spec(enc.spec)
