@@ -201,13 +201,17 @@ def support_batch(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequenc
         if a == b:  # as from_records (the request's schema refuses it first)
             raise ValueError(f"row {row}: item {a!r} is compared with itself")
 
+    model_rows = _model_item_rows(run)
+
     def side(keys: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [row_of.get(k, -1) for k in keys]
-        if all(r >= 0 for r in rows):
+        rows = np.fromiter((row_of.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+        if (rows >= 0).all():
             table = catalog[rows]
-        else:
-            table = np.stack([features[k] if r < 0 else catalog[r] for k, r in zip(keys, rows)])
-        return (model.item_index(list(keys)),
+            index = model_rows[rows]
+        else:  # texts: new items, known by their features only
+            table = np.stack([features[k] if r < 0 else catalog[r] for k, r in zip(keys, rows.tolist())])
+            index = np.where(rows >= 0, model_rows[np.maximum(rows, 0)], -1)
+        return (torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64)),
                 torch.from_numpy(np.ascontiguousarray(table, dtype=np.float32)))
 
     item_a, features_a = side(keys_a)
@@ -223,6 +227,15 @@ def support_batch(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequenc
             "label": torch.from_numpy(np.asarray(labels, dtype=np.float64).astype(np.float32)),
             "weight": torch.from_numpy(np.asarray(weights, dtype=np.float32)),
             "context": context, "features_a": features_a, "features_b": features_b}
+
+
+def _model_item_rows(run: Run) -> np.ndarray:
+    """The model's index (``model.item_index``) of every catalog row, computed once per run."""
+    rows = getattr(run, "_model_item_rows", None)
+    if rows is None:
+        rows = run.model.item_index([str(i) for i in run.data.item_ids]).numpy().astype(np.int64)
+        object.__setattr__(run, "_model_item_rows", rows)
+    return rows
 
 
 def support_batch_from_records(run: Run, user_id: str, keys_a: Sequence[str], keys_b: Sequence[str],
