@@ -194,6 +194,36 @@ class MetricsMiddleware:
                                 time.perf_counter() - start)
 
 
+class ReadsInFlight:
+    """Counts the requests in flight that are not writes (``Service.reads_in_flight``) and notes
+    when the last one came and went (``Service.last_read_at``): while there are any, and for
+    ``apps.server.service.READ_QUIET_S`` after, a write's state is computed in the compute thread
+    rather than on the event loop (``INLINE_COMPARISONS``), so reads do not wait behind writes'
+    computations."""
+
+    def __init__(self, app, service: Service) -> None:
+        self.app, self.service = app, service
+
+    @staticmethod
+    def _is_write(scope) -> bool:
+        method, path = scope.get("method"), scope.get("path", "")
+        if method == "DELETE":
+            return path.startswith("/v1/users/")
+        return method == "POST" and (path == "/v1/users" or (path.startswith("/v1/users/")
+                                                             and path.endswith("/comparisons")))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self._is_write(scope):
+            return await self.app(scope, receive, send)
+        self.service.reads_in_flight += 1
+        self.service.last_read_at = time.monotonic()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.service.reads_in_flight -= 1
+            self.service.last_read_at = time.monotonic()
+
+
 # ---------------------------------------------------------------------- the app
 def _request_sha(route: str, user_id: str, body) -> str:
     canonical = json.dumps({"route": route, "user_id": user_id, "body": body.model_dump(mode="json")},
@@ -409,6 +439,7 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
     app.mount("/web", OptionalStaticFiles(directory=web), name="web")
     # outermost first: metrics (so 413s and 401s are counted), then the body limit
     app.add_middleware(BodyLimit, limit=schemas.MAX_BODY_BYTES)
+    app.add_middleware(ReadsInFlight, service=svc)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app
 

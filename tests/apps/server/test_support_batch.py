@@ -42,3 +42,35 @@ def test_support_batch_refuses_an_item_compared_with_itself(tiny_run, cache_dir,
     run = library.load_run(tiny_run)
     with pytest.raises(ValueError, match="with itself"):
         library.support_batch(run, "u", ["i1", "i1"], ["i2", "i1"], [1.0, 0.0], [1.0, 1.0], [None, None], {})
+
+
+def test_writes_compute_inline_only_for_small_users_while_no_read_is_served(tiny_run, tmp_path, cache_dir,
+                                                                           monkeypatch):
+    import time
+
+    from apps.server import library, service as service_module
+    from apps.server.feedback import Row
+    from apps.server.service import Service
+
+    monkeypatch.setenv("PLURAL_CACHE_DIR", str(cache_dir))
+    svc = Service(tiny_run, tmp_path / "state", run=library.load_run(tiny_run))
+    svc.start(background=False)
+    try:
+        one = [Row("i1", "i2", None, None, 1.0)]
+        assert svc._computes_inline("someone new", [], one)
+        trained = str(svc.run.model.user_ids_[0])
+        base = len(svc._base_rows(trained))
+        assert 0 < base <= service_module.INLINE_COMPARISONS
+        logged = one * (service_module.INLINE_COMPARISONS - base)
+        assert svc._computes_inline(trained, logged, [])
+        assert not svc._computes_inline(trained, logged, one)  # training + logged + new > INLINE_COMPARISONS
+        assert not svc._computes_inline("someone new", one * service_module.INLINE_COMPARISONS, one)
+        assert not svc._computes_inline("someone new", [], [Row(None, "i2", "a text", None, 1.0)])
+        svc.reads_in_flight = 1
+        assert not svc._computes_inline("someone new", [], one)
+        svc.reads_in_flight, svc.last_read_at = 0, time.monotonic()
+        assert not svc._computes_inline("someone new", [], one)
+        svc.last_read_at -= service_module.READ_QUIET_S + 0.01
+        assert svc._computes_inline("someone new", [], one)
+    finally:
+        svc.close()
