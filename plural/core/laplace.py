@@ -5,9 +5,9 @@ A user vector ``u`` (K entries) enters the margins of the user's comparisons thr
 posterior mode is found by Gauss-Newton steps (exact Newton when the margin is linear in ``u``),
 and ``H^-1`` at the mode is the Laplace covariance.
 
-:func:`newton_map` is the one Newton loop (batched over several problems, as
-:func:`plural.personalize` needs for its mixture prior); :func:`gauss_newton_map` is its one-user
-form. The iteration runs in float64 NumPy: the matrices are tiny (K=8, k=10), so the cost is per-call
+:func:`newton_map` is the general Newton loop (batched over several problems);
+:func:`gauss_newton_map` is its one-user form. :func:`plural.personalize`'s mixture prior runs a
+specialised copy of the same steps whose problems share one Jacobian (tested equal to this one). The iteration runs in float64 NumPy: the matrices are tiny (K=8, k=10), so the cost is per-call
 overhead, which NumPy keeps at about a microsecond per operation against ten for torch. Margins
 linear in ``u`` (:class:`LinearMargins`) are evaluated inside the loop without calling back into
 torch at all, which is what keeps a K=8 user with 10 comparisons well under a millisecond.
@@ -70,7 +70,7 @@ def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
                weight: np.ndarray, prior_mean: np.ndarray, prior_precision: np.ndarray, init: np.ndarray,
                n_steps: int, noise_rate: float = 0.0, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Posterior modes of ``C`` user vectors under Bradley-Terry with Gaussian priors, by damped
-    (Gauss-)Newton steps batched over the ``C`` problems; the one Newton loop of plural.
+    (Gauss-)Newton steps batched over the ``C`` problems.
 
     A full step is taken where it raises the log-posterior (always, near the mode); elsewhere it is
     halved until it does, so a start far from the mode cannot overshoot into saturated margins.
