@@ -66,6 +66,15 @@ MAX_HALVINGS = 30
 """Step halvings a Newton step may take before a problem is left where it is."""
 
 
+def warn_step_limit(moved: float, n_steps: int, tol: float, stacklevel: int = 4) -> None:
+    """The warning of a Newton loop that stopped at its step limit (``stacklevel`` 4: the caller of
+    the function that ran the loop). One text for every place, so the default filter shows it once
+    rather than on every query."""
+    warnings.warn("Newton's method stopped at its step limit before converging; raise the number of "
+                  "steps (adapt_steps) for an exact mode", ConvergenceWarning, stacklevel=stacklevel)
+    logger.debug("Newton's method: last step %.2g after %d steps (tolerance %g)", moved, n_steps, tol)
+
+
 def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], label: np.ndarray,
                weight: np.ndarray, prior_mean: np.ndarray, prior_precision: np.ndarray, init: np.ndarray,
                n_steps: int, noise_rate: float = 0.0, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +152,7 @@ def newton_map(evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], 
         active = active[moves >= tol]
     else:
         if len(active):
-            # one text per place, so the default filter shows it once rather than on every query
-            warnings.warn("Newton's method stopped at its step limit before converging; raise the number of "
-                          "steps (adapt_steps) for an exact mode", ConvergenceWarning, stacklevel=3)
-            logger.debug("Newton's method: last step %.2g after %d steps (tolerance %g)", moved, n_steps, tol)
+            warn_step_limit(moved, n_steps, tol)
     hess = prec if n_steps == 0 else hessian(m, transposed(jac), prec)[1]
     return u, np.broadcast_to(hess, u.shape[:1] + hess.shape[-2:]).copy()
 

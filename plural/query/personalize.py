@@ -16,12 +16,11 @@ prior is built from the stored users of their own context only, recentred on the
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import torch
 
-from plural.core.laplace import MAX_HALVINGS, ConvergenceWarning, stable_sigmoid
+from plural.core.laplace import MAX_HALVINGS, stable_sigmoid, warn_step_limit
 from plural.core.likelihood import label_log_likelihood, score_and_information
 from plural.core.latent import inference, support_weight
 from plural.core.model import PreferenceModel, UserState
@@ -269,9 +268,7 @@ def _mixture_newton(m0: np.ndarray, jac: np.ndarray, y: np.ndarray, w: np.ndarra
         active = active[moves >= tol]
     else:
         if len(active):
-            warnings.warn("Newton's method stopped at its step limit before converging; raise the number of "
-                          "steps (adapt_steps) for an exact mode", ConvergenceWarning, stacklevel=3)
-            logger.debug("Newton's method: last step %.2g after %d steps (tolerance %g)", moved, n_steps, tol)
+            warn_step_limit(moved, n_steps, tol)
     hess = precisions.copy() if n_steps == 0 else hessian(m, precisions)[1]
     return u, hess, loglik, quad
 
