@@ -9,7 +9,7 @@ POST    /v1/users/{user_id}/comparisons           add comparisons; the state is 
 GET     /v1/users/{user_id}                       vector, uncertainty, comparison count, in store
 DELETE  /v1/users/{user_id}                       delete from the store, the log and the snapshot
 GET     /v1/users/{user_id}/next                  the next comparison to ask (?pool=&strategy=)
-POST    /v1/score                                 score item ids and/or texts (user or population)
+POST    /v1/score                                 score item ids and/or texts, texts under a prompt (user or population)
 POST    /v1/rank                                  rank candidate item ids
 POST    /v1/recommend                             top-N items, excluding what the user judged
 POST    /v1/batch/score, /v1/batch/rank, /v1/batch/recommend   the same for many users
@@ -30,6 +30,14 @@ is not text embeddings; a model without user vectors), 401 (token), 404 (unknown
 exists), 413 (body over ``MAX_BODY_BYTES``), 422 (validation: unknown item, empty list, bad label,
 too many candidates, bad id, ...), 503 (not ready). A ``ValueError`` or ``KeyError`` raised by the
 library becomes a 422 or 404 with its message, never a 500.
+
+A prompt-aware run (``plural train --prompts``; ``/v1/info`` says ``"prompt_aware": true``) serves
+the catalog it was trained on: one item per (prompt, response), whose id is ``context_id``, U+001F,
+``item_id`` (``"\\u001f"`` in JSON; the bare item id for a response with no prompt). Texts are scored
+under the request's ``prompt`` (``/v1/score``, ``/v1/batch/score``; none: no prompt), and a text in
+a comparison under the prompt of the comparison's ``context`` when that names a context of the
+catalog with a text (else none). A prompt-blind run ignores ``prompt``: its reward does not depend
+on one; a ``prompt`` without ``texts`` is a 422.
 
 A user id may hold ``/`` (Polis ids do): the user routes match the rest of the path, so
 ``/v1/users/conv1/p7/next`` is user ``conv1/p7``'s next question (percent-encoding ``/`` as
@@ -365,10 +373,13 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
         return svc.user_state(user_id)
 
     # -------------------------------------------------------------- scoring
-    @app.post("/v1/score", response_model=schemas.ScoreOut, tags=["scoring"])
+    @app.post("/v1/score", response_model=schemas.ScoreOut, tags=["scoring"],
+              description="Scores of catalog items (`item_ids`) and texts (`texts`) for a user, or for the "
+                          "population when `user_id` is null. A prompt-aware run scores the texts under "
+                          "`prompt` (null: no prompt); a prompt-blind run ignores `prompt`.")
     async def score(body: schemas.ScoreIn):
         if body.texts:  # the encoder may load its model or embed: off the event loop
-            return await asyncio.to_thread(svc.score, body.user_id, body.item_ids, body.texts)
+            return await asyncio.to_thread(svc.score, body.user_id, body.item_ids, body.texts, body.prompt)
         return svc.score(body.user_id, body.item_ids, None)
 
     @app.post("/v1/rank", response_model=schemas.RankOut, tags=["scoring"])
@@ -379,9 +390,11 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
     async def recommend(body: schemas.RecommendIn):
         return svc.recommend(body.user_id, body.n, body.exclude_judged, body.exclude, body.candidates)
 
-    @app.post("/v1/batch/score", response_model=schemas.BatchScoreOut, tags=["batch"])
+    @app.post("/v1/batch/score", response_model=schemas.BatchScoreOut, tags=["batch"],
+              description="`/v1/score` for many users; the texts are embedded once, under `prompt` for a "
+                          "prompt-aware run.")
     async def batch_score(body: schemas.BatchScoreIn):
-        return await asyncio.to_thread(svc.batch_score, body.user_ids, body.item_ids, body.texts)
+        return await asyncio.to_thread(svc.batch_score, body.user_ids, body.item_ids, body.texts, body.prompt)
 
     @app.post("/v1/batch/rank", response_model=schemas.BatchRankOut, tags=["batch"])
     async def batch_rank(body: schemas.BatchRankIn):

@@ -33,10 +33,15 @@ TEXT_PREFIX = "\x00text:"
 and catalogs read from files cannot hold NUL)."""
 
 
-def text_key(text: str) -> str:
+def text_key(text: str, prompt: str | None = None) -> str:
+    """The support's item id of ``text`` (judged under ``prompt``, for a prompt-aware run: the same
+    response under two prompts is two items with different features)."""
     import hashlib
 
-    return TEXT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if prompt is None:
+        return TEXT_PREFIX + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return TEXT_PREFIX + hashlib.sha256(b"prompt\x00" + prompt.encode("utf-8") + b"\x00"
+                                        + text.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Run:
     fingerprint: str
     train_rows: dict[str, np.ndarray] = field(default_factory=dict)  # user id -> rows of data
     encoder: Any = None
+    prompt_aware: bool = False  # the model scores responses under prompts (plural.data.prompts)
 
     @property
     def has_user_vectors(self) -> bool:
@@ -67,11 +73,20 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     (``ensure_features``: text items are embedded with the encoder the model was trained with, as its
     checkpoint records it, or the default ``TextEncoder`` for a checkpoint that records none).
 
+    A prompt-aware run (``plural.data.prompts.is_prompt_aware(model.encoder_spec_)``, trained with
+    ``plural train --prompts``) gets the catalog it was trained on: ``with_prompts(raw, encoder)``
+    with the model's own encoder, one item per (prompt, response) its comparisons use, whose ids
+    are ``context_id + "\\x1f" + item_id`` (the bare item id for a comparison without a context)
+    and whose features are ``[response, prompt, response * prompt]`` (as
+    ``plural.training.runs.evaluate_run`` rebuilds them).
+
     Texts sent to the service can be scored only when the catalog's features *are* text
-    embeddings: the dataset had item texts and no features of its own.
+    embeddings: the dataset had item texts and no features of its own (a prompt-aware run: item
+    texts; its features are always built from the texts).
     """
     import plural
     from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
+    from plural.data.prompts import is_prompt_aware, with_prompts
     from plural.training.runs import load_dataset
 
     run_dir = Path(run_dir)
@@ -84,9 +99,16 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     if record.get("dataset_path") and not Path(source).exists():
         raise FileNotFoundError(f"{run_dir}: the run was trained on the file {source}, which is not there now")
     raw = load_dataset(source, **options)
-    texts_supported = raw.item_features is None and raw.item_text is not None
-    encoder = (resolve_encoder(getattr(model, "encoder_spec_", None)) or TextEncoder()) if texts_supported else None
-    data = ensure_features(raw, encoder)
+    spec = getattr(model, "encoder_spec_", None)
+    prompt_aware = is_prompt_aware(spec)
+    if prompt_aware:  # responses in context, embedded as at training time
+        texts_supported = raw.item_text is not None
+        encoder = resolve_encoder(spec)
+        data = with_prompts(raw, encoder)
+    else:
+        texts_supported = raw.item_features is None and raw.item_text is not None
+        encoder = (resolve_encoder(spec) or TextEncoder()) if texts_supported else None
+        data = ensure_features(raw, encoder)
     if data.feature_dim != model.feature_dim_:
         raise ValueError(f"{run_dir}: the catalog's features are {data.feature_dim}-d but the model expects "
                          f"{model.feature_dim_}-d (was it trained with another encoder?)")
@@ -103,16 +125,19 @@ def load_run(run_dir: str | os.PathLike) -> Run:
         for chunk in np.split(train[order], bounds):
             train_rows[str(data.user_ids[data.user[chunk[0]]])] = np.sort(chunk)
     return Run(run_dir=run_dir, record=record, model=model, data=data, texts_supported=texts_supported,
-               fingerprint=plural.model_fingerprint(model), train_rows=train_rows, encoder=encoder)
+               fingerprint=plural.model_fingerprint(model), train_rows=train_rows, encoder=encoder,
+               prompt_aware=prompt_aware)
 
 
 def run_from_parts(model, data, *, texts_supported: bool = False, encoder=None, run_dir: Path | None = None) -> Run:
-    """A :class:`Run` from a fitted model and its catalog (for tests and embedding the service)."""
+    """A :class:`Run` from a fitted model and its catalog (for tests and embedding the service);
+    prompt-aware when the model's encoder spec says so (``data`` is then ``with_prompts`` items)."""
     import plural
+    from plural.data.prompts import is_prompt_aware
 
     return Run(run_dir=run_dir or Path("."), record={"model": model.name, "dataset": data.name}, model=model,
                data=data, texts_supported=texts_supported, fingerprint=plural.model_fingerprint(model),
-               encoder=encoder)
+               encoder=encoder, prompt_aware=is_prompt_aware(getattr(model, "encoder_spec_", None)))
 
 
 def limit_threads() -> None:
@@ -343,10 +368,36 @@ def warm_encoder(run: Run) -> None:
         run.encoder.encode(["plural: warming up the text encoder"])
 
 
-def encode_texts(run: Run, texts: Sequence[str]) -> np.ndarray:
+def encode_texts(run: Run, texts: Sequence[str], prompt: str | Sequence[str | None] | None = None) -> np.ndarray:
+    """The features ``run.model`` scores ``texts`` by: their embeddings (``run.encoder``), or, for a
+    prompt-aware run, ``plural.data.prompts.encode_in_context`` of them under ``prompt`` (one text
+    for all of them, or one per text; None: no prompt, the zero prompt block the model was trained
+    with for comparisons without a context). A prompt-blind run ignores ``prompt``: its reward does
+    not depend on one."""
     if run.encoder is None:
         raise RuntimeError("this model's catalog is not text embeddings")
-    return run.encoder.encode(list(texts))
+    texts = list(texts)
+    if not run.prompt_aware:
+        return run.encoder.encode(texts)
+    from plural.data.prompts import encode_in_context
+
+    prompts = [prompt] * len(texts) if prompt is None or isinstance(prompt, str) else list(prompt)
+    return encode_in_context(run.model.encoder_spec_, texts, prompts, run.encoder)
+
+
+def context_prompt(run: Run, context_id: str | None) -> str | None:
+    """The text of the catalog's context ``context_id`` (a prompt-aware run's prompt), or None when
+    the run is prompt-blind, ``context_id`` is None or names no context with a text."""
+    if not run.prompt_aware or context_id is None:
+        return None
+    texts = getattr(run, "_context_text", None)
+    if texts is None:
+        data = run.data
+        texts = {}
+        if data.context_ids is not None and data.context_text is not None:
+            texts = {str(c): (None if t is None else str(t)) for c, t in zip(data.context_ids, data.context_text)}
+        object.__setattr__(run, "_context_text", texts)
+    return texts.get(context_id)
 
 
 # ---------------------------------------------------------------------- active questioning

@@ -5,7 +5,7 @@ Limits (a request over one gets a 413 or 422 whose message names the limit):
 ==========================  =======  ==================================================
 ``MAX_BODY_BYTES``          1 MiB    request body (413)
 ``MAX_ID_LENGTH``           128      characters of a user, item or context id
-``MAX_TEXT_LENGTH``         2,000    characters of one text
+``MAX_TEXT_LENGTH``         2,000    characters of one text (a prompt too)
 ``MAX_TEXTS``               64       texts in one request (scored, or in comparisons)
 ``MAX_COMPARISONS``         100      comparisons in one write
 ``MAX_CANDIDATES``          1,000    item ids to score or rank, or to exclude
@@ -15,8 +15,11 @@ Limits (a request over one gets a 413 or 422 whose message names the limit):
 ==========================  =======  ==================================================
 
 Ids are strings of 1 to ``MAX_ID_LENGTH`` characters without control characters (C0, DEL,
-C1) and without leading or trailing white space. Texts are 1 to ``MAX_TEXT_LENGTH`` characters
-without NUL. Labels are 1 (``a`` preferred), 0 (``b`` preferred) or 0.5 (a tie). Nothing in a
+C1) and without leading or trailing white space. The one exception is an item id of a
+prompt-aware run's catalog (``plural train --prompts``), a response under a prompt:
+``context_id + "\\u001f" + item_id``, two such ids joined by one U+001F (unit separator), as
+``/v1/items`` and ``/v1/recommend`` give them. Texts, prompts included, are 1 to
+``MAX_TEXT_LENGTH`` characters without NUL. Labels are 1 (``a`` preferred), 0 (``b`` preferred) or 0.5 (a tie). Nothing in a
 request is evaluated or unpickled: bodies are JSON, parsed by pydantic into these models.
 """
 
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 import math
 from typing import Annotated, Any, Literal
+
+from plural.data.prompts import SEPARATOR as PROMPT_SEPARATOR
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -65,6 +70,20 @@ def check_id(value: str, what: str = "id") -> str:
     return value
 
 
+def check_item_id(value: str, what: str = "item id") -> str:
+    """:func:`check_id`, and the id of a response under a prompt (``context_id + "\\x1f" + item_id``,
+    each part a valid id) too."""
+    if isinstance(value, str) and PROMPT_SEPARATOR in value:
+        parts = value.split(PROMPT_SEPARATOR)
+        if len(parts) != 2:
+            raise ValueError(f"{what} holds {len(parts) - 1} U+001F separators; a response under a prompt is "
+                             "context_id + U+001F + item_id")
+        check_id(parts[0], f"{what}'s context part")
+        check_id(parts[1], f"{what}'s item part")
+        return value
+    return check_id(value, what)
+
+
 def _check_text(value: str) -> str:
     if not value:
         raise ValueError("text must not be empty")
@@ -76,7 +95,7 @@ def _check_text(value: str) -> str:
 
 
 UserId = Annotated[str, AfterValidator(lambda v: check_id(v, "user id"))]
-ItemId = Annotated[str, AfterValidator(lambda v: check_id(v, "item id"))]
+ItemId = Annotated[str, AfterValidator(lambda v: check_item_id(v, "item id"))]
 ContextId = Annotated[str, AfterValidator(lambda v: check_id(v, "context id"))]
 Text = Annotated[str, AfterValidator(_check_text)]
 
@@ -94,7 +113,10 @@ class ComparisonIn(_Strict):
     text_b: Text | None = None
     label: float = Field(description="1: a preferred, 0: b preferred, 0.5: a tie")
     weight: float = Field(1.0, description=f"how much the judgement counts, 0 to {MAX_WEIGHT:g}")
-    context: ContextId | None = Field(None, description="the prompt / topic / conversation id, if any")
+    context: ContextId | None = Field(None, description=(
+        "the prompt / topic / conversation id, if any. For a prompt-aware run (/v1/info: prompt_aware), "
+        "text_a and text_b are judged under this context's prompt when it names a context of the catalog "
+        "that has a text, else with no prompt; catalog items carry their prompt in their id"))
 
     @model_validator(mode="after")
     def _check(self) -> "ComparisonIn":
@@ -128,17 +150,30 @@ class CreateUserIn(ComparisonsIn):
     user_id: UserId
 
 
+def _prompt_needs_texts(prompt: str | None, texts: list[str] | None) -> None:
+    if prompt is not None and not texts:
+        raise ValueError("prompt is the prompt the texts are scored under: give texts with it (a prompt-aware "
+                         "run's catalog items carry their prompt in their id)")
+
+
 class ScoreIn(_Strict):
-    """Score catalog items and/or texts for a user, or for the population when ``user_id`` is null."""
+    """Score catalog items and/or texts for a user, or for the population when ``user_id`` is null;
+    texts under ``prompt`` for a prompt-aware run."""
 
     user_id: UserId | None = None
     item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
     texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
+    prompt: Text | None = Field(None, description=(
+        f"the prompt every text of the request is scored under (1 to {MAX_TEXT_LENGTH} characters); "
+        "null: no prompt. Used by a prompt-aware run (/v1/info: prompt_aware); a prompt-blind run's "
+        "reward does not depend on a prompt, so it ignores it. Needs texts: catalog items of a "
+        "prompt-aware run carry their prompt in their id"))
 
     @model_validator(mode="after")
     def _something(self) -> "ScoreIn":
         if not self.item_ids and not self.texts:
             raise ValueError("give a non-empty list of item_ids or texts to score")
+        _prompt_needs_texts(self.prompt, self.texts)
         return self
 
 
@@ -161,11 +196,17 @@ class BatchScoreIn(_Strict):
                                           description="null scores for the population")
     item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
     texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
+    prompt: Text | None = Field(None, description=(
+        f"the prompt every text of the request is scored under (1 to {MAX_TEXT_LENGTH} characters); "
+        "null: no prompt. Used by a prompt-aware run (/v1/info: prompt_aware); a prompt-blind run's "
+        "reward does not depend on a prompt, so it ignores it. Needs texts: catalog items of a "
+        "prompt-aware run carry their prompt in their id"))
 
     @model_validator(mode="after")
     def _something(self) -> "BatchScoreIn":
         if not self.item_ids and not self.texts:
             raise ValueError("give a non-empty list of item_ids or texts to score")
+        _prompt_needs_texts(self.prompt, self.texts)
         return self
 
 

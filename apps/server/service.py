@@ -453,7 +453,9 @@ class Service:
 
     def _compute(self, user_id: str, history: list[Row], new: list[Row]):
         """``(state, n_comparisons, contexts)`` from the user's training rows, logged history and
-        new comparisons (``plural.personalize`` under the store's users as the prior)."""
+        new comparisons (``plural.personalize`` under the store's users as the prior). For a
+        prompt-aware run a text is embedded under the prompt of its comparison's context
+        (``library.context_prompt``: a context of the catalog with a text), else with no prompt."""
         run = self.run
         data = run.data
         base = self._base_rows(user_id)
@@ -464,13 +466,15 @@ class Service:
         ctx = data.context[base]
         contexts: list[str | None] = ([None] * len(base) if data.context_ids is None else
                                       [str(data.context_ids[c]) if c >= 0 else None for c in ctx.tolist()])
-        texts: dict[str, str] = {}
+        texts: dict[str, tuple[str, str | None]] = {}  # key -> (text, prompt)
         for r in list(history) + list(new):
+            # a prompt-aware run judges a text under its comparison's context's prompt (None otherwise)
+            prompt = library.context_prompt(run, r.context) if (r.text_a is not None or r.text_b is not None) else None
             for item, text in ((r.item_a, r.text_a), (r.item_b, r.text_b)):
                 if text is not None:
-                    texts.setdefault(library.text_key(text), text)
-            keys_a.append(r.item_a if r.item_a is not None else library.text_key(r.text_a))
-            keys_b.append(r.item_b if r.item_b is not None else library.text_key(r.text_b))
+                    texts.setdefault(library.text_key(text, prompt), (text, prompt))
+            keys_a.append(r.item_a if r.item_a is not None else library.text_key(r.text_a, prompt))
+            keys_b.append(r.item_b if r.item_b is not None else library.text_key(r.text_b, prompt))
             labels.append(float(r.label))
             weights.append(float(r.weight))
             contexts.append(r.context)
@@ -478,7 +482,8 @@ class Service:
         if texts:
             self._check_texts_supported()
             keys = list(texts)
-            features = dict(zip(keys, library.encode_texts(run, [texts[k] for k in keys])))
+            features = dict(zip(keys, library.encode_texts(run, [texts[k][0] for k in keys],
+                                                           [texts[k][1] for k in keys])))
         n = len(labels)
         if n == 0:
             state = self._population
@@ -623,14 +628,18 @@ class Service:
             judged.update(data.item_ids[data.items_of(base)].tolist())
         return judged
 
-    def score(self, user_id: str | None, item_ids: list[str] | None, texts: list[str] | None) -> dict:
+    def score(self, user_id: str | None, item_ids: list[str] | None, texts: list[str] | None,
+              prompt: str | None = None) -> dict:
+        """Scores of catalog items and texts; texts under ``prompt`` for a prompt-aware run (a
+        prompt-blind run ignores it: ``library.encode_texts``)."""
         self.require_ready()
         user = self._read_user(user_id)
         if texts:
             self._check_texts_supported()
         out = self._score_items(user, item_ids)
         if texts:
-            out.extend(self._score_texts(self._read_state(user_id), texts, library.encode_texts(self.run, texts)))
+            out.extend(self._score_texts(self._read_state(user_id), texts,
+                                         library.encode_texts(self.run, texts, prompt)))
         return {"user_id": user_id, "scores": out}
 
     def _score_items(self, user, item_ids) -> list[dict]:
@@ -668,7 +677,8 @@ class Service:
         return {"user_id": user_id, "items": [
             {"item_id": i, "score": float(s), "text": None if text is None else text[row_of[i]]} for i, s in items]}
 
-    def batch_score(self, user_ids, item_ids, texts) -> dict:
+    def batch_score(self, user_ids, item_ids, texts, prompt: str | None = None) -> dict:
+        """:meth:`score` for many users; the texts are embedded once (under ``prompt``)."""
         self.require_ready()
         users = [self._read_user(u) for u in user_ids]  # every user checked before any work
         if item_ids:
@@ -676,7 +686,7 @@ class Service:
         features = None
         if texts:
             self._check_texts_supported()
-            features = library.encode_texts(self.run, texts)
+            features = library.encode_texts(self.run, texts, prompt)
         results = []
         for u, user in zip(user_ids, users):
             scores = self._score_items(user, item_ids)
@@ -776,7 +786,8 @@ class Service:
         if self.ready:
             out.update({"model": run.model.name, "user_dim": int(getattr(run.model, "user_dim", 0) or 0),
                         "n_items": len(run.data.item_ids), "n_users": len(self.store) if self.store is not None else 0,
-                        "texts_supported": run.texts_supported, "has_user_vectors": self.store is not None,
+                        "texts_supported": run.texts_supported, "prompt_aware": run.prompt_aware,
+                        "has_user_vectors": self.store is not None,
                         "model_fingerprint": run.fingerprint, "last_snapshot": self.last_snapshot,
                         "log": self.log.stats()})
         return out

@@ -145,3 +145,20 @@ def start_server(tiny_run, cache_dir, tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_run(cache_dir, tmp_path_factory):
+    """``serve_run(run_dir, token=None) -> ServerProcess`` (ready) for a run other than ``tiny_run``;
+    every server started is stopped at the end of the session."""
+    started: list[ServerProcess] = []
+
+    def start(run_dir: Path, token: str | None = None) -> ServerProcess:
+        logs = tmp_path_factory.mktemp("server_log")
+        server = ServerProcess(run_dir, tmp_path_factory.mktemp("state"), cache_dir, logs / "server.log", token=token)
+        started.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in started:
+        server.stop()
