@@ -169,7 +169,7 @@ def test_bench_prints_progress_and_takes_split(tmp_path):
     assert "pair protocol" in out
 
 
-def _trl_file(path):
+def _prompt_rows_file(path):
     rows = [{"prompt": p, "chosen": c, "rejected": r, "user_id": f"u{u}"}
             for u in range(6) for p in ("Say it briefly.", "Explain it in depth.", "Tell me about tides.")
             for c, r in (("Short answer.", "A long and winding answer with details."),
@@ -179,7 +179,7 @@ def _trl_file(path):
 
 
 def test_train_with_prompts_and_eval_rebuild_the_responses_in_context(tmp_path):
-    data = _trl_file(tmp_path / "rows.jsonl")
+    data = _prompt_rows_file(tmp_path / "rows.jsonl")
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", str(data), "--kind", "trl", "--model", "low_rank",
                                  "--prompts", "--out", str(out), "--max-epochs", "2"])
@@ -197,6 +197,6 @@ def test_commands_called_from_python_take_their_option_defaults(tmp_path):
     from apps.cli import _with_option_defaults, train
 
     out = tmp_path / "run"
-    _with_option_defaults(train, data=str(_trl_file(tmp_path / "rows.jsonl")), kind="trl", model="bradley_terry",
+    _with_option_defaults(train, data=str(_prompt_rows_file(tmp_path / "rows.jsonl")), kind="trl", model="bradley_terry",
                           out=out, max_epochs=1)
     assert json.loads((out / "run.json").read_text())["prompts"] is False
