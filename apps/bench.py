@@ -130,15 +130,18 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
     from plural.data.encoders import ensure_features
     from plural.training.runs import load_dataset
 
+    from plural.data.bundled import DATASETS
+
+    def read(source: str) -> PreferenceData:  # read options apply to a file only
+        return load_dataset(source) if source in DATASETS else load_dataset(source, **(read_options or {}))
+
     if name.endswith(PROMPTS_SUFFIX) and len(name) > len(PROMPTS_SUFFIX):
         from plural.data.prompts import with_prompts
 
         base = name[: -len(PROMPTS_SUFFIX)]
         if base in SYNTHETIC:
             raise ValueError(f"{base} has no prompts: {PROMPTS_SUFFIX} applies to data whose contexts have texts")
-        from plural.data.bundled import DATASETS
-
-        data = load_dataset(base) if base in DATASETS else load_dataset(base, **(read_options or {}))
+        data = read(base)
         aware = with_prompts(data)
         aware.name = f"{data.name}{PROMPTS_SUFFIX}"
         return aware
@@ -150,10 +153,7 @@ def load_bench_dataset(name: str, quick: bool = False, random_state: int = 0,
                          true_flip_rate=float(syn.flipped.mean()), type_oracle=synthetic.type_oracle(syn))
         data.name = name
         return ensure_features(data)  # the length set's arguments are text: encode them
-    from plural.data.bundled import DATASETS
-
-    data = load_dataset(name) if name in DATASETS else load_dataset(name, **(read_options or {}))
-    return ensure_features(data)
+    return ensure_features(read(name))
 
 
 def _peak_rss_mb() -> float:

@@ -236,7 +236,7 @@ class RewardFunction:
         """
         import torch
 
-        from plural.query.personalize import personalize, supports_retrieval
+        from plural.query.personalize import personalize
 
         if user_id is None:
             raise ValueError("user_id must be given (None routes to the population)")
@@ -252,10 +252,10 @@ class RewardFunction:
         n = len(rows)
         support = {"features_a": features[:n], "features_b": features[n:],
                    "label": torch.ones(n, dtype=torch.float32), "weight": torch.ones(n, dtype=torch.float32)}
-        if self.store is not None and supports_retrieval(self.model):
-            state = personalize(self.model, self.store, support)
-        else:
-            state = self.model.adapt(support)
+        # personalize adapts as the model always does where it cannot use a store; the store's
+        # fingerprint was checked when this reward function was made
+        state = self.model.adapt(support) if self.store is None else \
+            personalize(self.model, self.store, support, check_fingerprint=False)
         state.user_id = str(user_id)
         self.users[str(user_id)] = state
         return state

@@ -85,8 +85,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     texts; its features are always built from the texts).
     """
     import plural
-    from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
-    from plural.data.prompts import is_prompt_aware, with_prompts
+    from plural.data.prompts import embed_as_trained, is_prompt_aware
     from plural.training.runs import load_dataset
 
     run_dir = Path(run_dir)
@@ -101,14 +100,8 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     raw = load_dataset(source, **options)
     spec = getattr(model, "encoder_spec_", None)
     prompt_aware = is_prompt_aware(spec)
-    if prompt_aware:  # responses in context, embedded as at training time
-        texts_supported = raw.item_text is not None
-        encoder = resolve_encoder(spec)
-        data = with_prompts(raw, encoder)
-    else:
-        texts_supported = raw.item_features is None and raw.item_text is not None
-        encoder = (resolve_encoder(spec) or TextEncoder()) if texts_supported else None
-        data = ensure_features(raw, encoder)
+    data, encoder = embed_as_trained(raw, spec)  # responses in context for a prompt-aware run
+    texts_supported = encoder is not None and raw.item_text is not None
     if data.feature_dim != model.feature_dim_:
         raise ValueError(f"{run_dir}: the catalog's features are {data.feature_dim}-d but the model expects "
                          f"{model.feature_dim_}-d (was it trained with another encoder?)")

@@ -120,4 +120,22 @@ def encode_in_context(spec: dict, responses: Sequence[str], prompts: Sequence[st
     return prompt_features(vectors, prompt_vectors)
 
 
-__all__ = ["PROMPT_FEATURES", "encode_in_context", "is_prompt_aware", "prompt_features", "with_prompts"]
+def embed_as_trained(data: PreferenceData, spec: dict | None, encoder=None):
+    """``(data with item features, encoder)`` as a model with encoder ``spec`` (its ``encoder_spec_``)
+    was trained on it: :func:`with_prompts` for a prompt-aware spec; otherwise texts embedded by
+    ``ensure_features`` with the recorded encoder (the default ``TextEncoder`` for a spec of None) and
+    features of the data's own kept. The encoder is None when nothing was embedded. ``encoder`` must
+    match the spec (:func:`plural.data.encoders.check_encoder`)."""
+    from plural.data.encoders import TextEncoder, ensure_features, resolve_encoder
+
+    if is_prompt_aware(spec):
+        encoder = resolve_encoder(spec, encoder)
+        return with_prompts(data, encoder), encoder
+    if data.item_features is not None:
+        return data, None
+    encoder = resolve_encoder(spec, encoder) or TextEncoder()
+    return ensure_features(data, encoder), encoder
+
+
+__all__ = ["PROMPT_FEATURES", "embed_as_trained", "encode_in_context", "is_prompt_aware", "prompt_features",
+           "with_prompts"]

@@ -177,6 +177,10 @@ def fit(
     """
     if not isinstance(data, PreferenceData):
         raise TypeError(f"data must be a PreferenceData, got {type(data).__name__}")
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps!r}")
+    if max_epochs is not None and max_epochs < 0:
+        raise ValueError(f"max_epochs must be >= 0, got {max_epochs!r}")
     if trainer is not None:
         if not isinstance(trainer, pl.Trainer):
             raise TypeError(f"trainer must be a pytorch_lightning.Trainer, got {type(trainer).__name__}")
@@ -225,15 +229,11 @@ def fit(
         val_rows = np.empty(0, dtype=np.int64)
 
     dm = PreferenceDataModule(data, train_rows, val_rows, model, batch_size, random_state)
-    if min_steps < 0:
-        raise ValueError(f"min_steps must be >= 0, got {min_steps!r}")
     steps_per_epoch = max(1, -(-len(train_rows) // batch_size))
     epochs_for_steps = -(-min_steps // steps_per_epoch)
     wait = max(patience, model.min_patience)
     if max_epochs is None:
         max_epochs = max(DEFAULT_MAX_EPOCHS, epochs_for_steps + wait)
-    elif max_epochs < 0:
-        raise ValueError(f"max_epochs must be >= 0, got {max_epochs!r}")
     restore = None
     if trainer is None:
         callbacks = list(trainer_kwargs.pop("callbacks", []))

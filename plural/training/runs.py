@@ -97,10 +97,9 @@ def train_run(dataset: str, model_name: str, out: str | os.PathLike, *, random_s
     dataset_path, recorded_options = _how_to_read(dataset, read_options)
     data = load_dataset(dataset, **read_options)
     if prompts:
-        from plural.data.encoders import TextEncoder
         from plural.data.prompts import with_prompts
 
-        data = with_prompts(data, encoder if encoder is not None else TextEncoder())
+        data = with_prompts(data, encoder)
     protocol = protocol_split(data, random_state, unseen_fraction=unseen_fraction, mode=split_mode)
     seen, unseen, split, mode = protocol.seen, protocol.unseen, protocol.split, protocol.mode
     model = make_model(model_name, **(model_options or {}))
@@ -142,20 +141,12 @@ def evaluate_run(run_dir: str | os.PathLike, encoder=None) -> dict:
     if record.get("model") != model.name:
         raise CheckpointError(f"{run_dir / RUN_FILE} names model {record.get('model')!r}, but the checkpoint "
                               f"holds {model.name!r}")
-    from plural.data.encoders import ensure_features, resolve_encoder
+    from plural.data.prompts import embed_as_trained
 
     if not _is_bundled(source) and not Path(source).exists():
         raise ValueError(f"{run_dir}: the run was trained on the file {source}, which is not there now")
-    from plural.data.prompts import is_prompt_aware, with_prompts
-
-    raw = load_dataset(source, **read_options)
-    spec = getattr(model, "encoder_spec_", None)
-    if is_prompt_aware(spec):  # responses in context, embedded as at training time
-        data = with_prompts(raw, resolve_encoder(spec, encoder))
-    else:
-        if raw.item_features is None:  # texts: embedded as at training time (a different encoder is an error)
-            encoder = resolve_encoder(spec, encoder)
-        data = ensure_features(raw, encoder)
+    # texts (and responses in context) embedded as at training time; a different encoder is an error
+    data, _ = embed_as_trained(load_dataset(source, **read_options), getattr(model, "encoder_spec_", None), encoder)
     with np.load(run_dir / SPLIT_FILE, allow_pickle=False) as split:
         test, unseen = split["test"], split["unseen_users"]
     expected = record.get("n_comparisons")
