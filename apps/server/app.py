@@ -5,7 +5,7 @@ Routes (bodies and replies are JSON; shapes in ``apps.server.schemas``):
 
 ======  ========================================  ===============================================
 POST    /v1/users                                 create a user from a few comparisons (201; 409 if they exist)
-POST    /v1/users/{user_id}/comparisons           add comparisons; the state is updated online
+POST    /v1/users/{user_id}/comparisons           add comparisons; the state is updated online (now or deferred)
 GET     /v1/users/{user_id}                       vector, uncertainty, comparison count, in store
 DELETE  /v1/users/{user_id}                       delete from the store, the log and the snapshot
 GET     /v1/users/{user_id}/next                  the next comparison to ask (?pool=&strategy=)
@@ -72,6 +72,8 @@ from apps.server.service import SNAPSHOT_EVERY_S, Service, ServiceError
 logger = logging.getLogger(__name__)
 
 TOKEN_ENV = "PLURAL_API_TOKEN"
+DRAIN_S = 30.0
+"""Seconds a shutdown waits for deferred updates to be applied (the rest replay on the next start)."""
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 LATENCY_WINDOW = 4096
 """Latencies kept per route for the p50 / p99 of ``/v1/metrics`` (the most recent ones)."""
@@ -298,6 +300,8 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
         try:
             yield
         finally:
+            if svc.ready and not await svc.drain(DRAIN_S):  # what is left is replayed on the next start
+                logger.warning("shutting down with %d users' deferred updates not applied", svc.n_deferred)
             await asyncio.to_thread(svc.close)
 
     app = FastAPI(title="plural", version="1", lifespan=lifespan,
@@ -347,7 +351,7 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
     async def create_user(body: schemas.CreateUserIn, idempotency_key: IdemKey = None):
         key = _idempotency_key(idempotency_key)
         return _write_reply(await svc.add_comparisons(body.user_id, body.comparisons, create_only=True,
-                                                      idempotency_key=key,
+                                                      idempotency_key=key, deferred=body.update == "deferred",
                                                       request_sha256=_request_sha("create", body.user_id, body)),
                             201)
 
@@ -356,6 +360,7 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
     async def add_comparisons(user_id: UserPath, body: schemas.ComparisonsIn, idempotency_key: IdemKey = None):
         key = _idempotency_key(idempotency_key)
         return _write_reply(await svc.add_comparisons(user_id, body.comparisons, idempotency_key=key,
+                                                      deferred=body.update == "deferred",
                                                       request_sha256=_request_sha("add", user_id, body)))
 
     @app.delete("/v1/users/{user_id:path}", response_model=schemas.DeleteOut, dependencies=writes, tags=["users"])
@@ -435,6 +440,7 @@ def create_app(run_dir, state_dir=None, token: str | None = None, *, snapshot_ev
         out["log"] = svc.log.stats() if svc.log is not None else None
         out["n_users"] = len(svc.store) if svc.store is not None else 0
         out["last_snapshot"] = svc.last_snapshot
+        out["deferred"] = svc.deferred_summary()
         return out
 
     @app.get("/v1/info", tags=["operations"])

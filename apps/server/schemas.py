@@ -137,6 +137,12 @@ class ComparisonIn(_Strict):
 
 class ComparisonsIn(_Strict):
     comparisons: list[ComparisonIn] = Field(min_length=1, max_length=MAX_COMPARISONS)
+    update: Literal["now", "deferred"] = Field("now", description=(
+        "now: the user's state is recomputed before the reply, which carries it; deferred: the "
+        "comparisons are committed to the log (durably) and the reply comes at once, without a state "
+        "(pending: true), and the state is recomputed soon after, once for all the user's writes that "
+        "arrived meanwhile (GET /v1/users/{user_id} shows the comparisons still pending). Deferred "
+        "writes take much less CPU under load; reads made right after them use the previous state"))
 
     @model_validator(mode="after")
     def _count_texts(self) -> "ComparisonsIn":
@@ -232,6 +238,7 @@ class UserStateOut(BaseModel):
                                                     "where the store keeps a covariance")
     total_sd: float | None = Field(description="sqrt of the covariance's trace")
     updated_at: float | None
+    pending: int = Field(0, description="logged comparisons not in the state yet (deferred writes)")
 
 
 class WriteOut(BaseModel):
@@ -241,7 +248,8 @@ class WriteOut(BaseModel):
     last_seq: int
     n_comparisons: int
     created: bool
-    state: UserStateOut
+    state: UserStateOut | None = Field(description="the new state; null for a deferred write")
+    pending: bool = Field(False, description="true for a deferred write: the state is updated after the reply")
     replayed: bool = Field(False, description="true when this is the stored reply to a retried Idempotency-Key")
 
 

@@ -21,6 +21,15 @@ bad support is refused before anything is written) -> commit to the log
 (group commit, fsynced) -> upsert the store -> reply. Reads use the store (its own lock) and the
 ``ItemIndex`` and take no lock of the service's.
 
+A write may ask for a *deferred* update (``update="deferred"``): it is validated and committed to
+the log (fsynced) and answered at once; the state is recomputed from the user's whole history
+soon after by the updater (a task on the event loop, one user at a time, under the same per-user
+lock), and writes that arrive for a user meanwhile are folded into one recomputation. Until then
+the write is in flight (the watermark stays below it), so a crash loses nothing: the replay on
+start recomputes the user. The reply carries no state (``pending``); ``GET /v1/users/{id}`` counts
+the comparisons not yet in the state. That trades read-your-writes for throughput: under load,
+the expensive part (personalize) runs once per user per round, not once per request.
+
 Snapshots: every ``snapshot_every_s`` seconds when something changed, after each deletion
 (before the deletion is answered) and at shutdown: read the log's watermark W, save the store
 atomically (``UserStore.save``), then write ``snapshot.json`` (atomically, fsynced) naming W.
@@ -233,6 +242,11 @@ class Service:
         self.last_read_at = -math.inf  # time.monotonic() when one last started or ended
         self._compute_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                                    thread_name_prefix="plural-compute")
+        # deferred updates: user -> first sequence numbers of their committed, not yet applied writes
+        self._deferred: dict[str, list[int]] = {}
+        self._failed: dict[str, list[int]] = {}  # writes whose deferred update failed (applied by a later one)
+        self._updater: asyncio.Task | None = None
+        self.deferred_stats = {"updates": 0, "writes_applied": 0, "failures": 0}
 
     # ------------------------------------------------------------------ start and stop
     def start(self, background: bool = True) -> None:
@@ -504,31 +518,35 @@ class Service:
         self._generation += 1
 
     def _state_out(self, user_id: str, state, *, in_store: bool, n: int, n_logged: int,
-                   updated_at: float | None) -> dict:
+                   updated_at: float | None, pending: int = 0) -> dict:
         vector = state.vector.detach().float().cpu().numpy().tolist() if state is not None else None
         diag = total = None
         if state is not None and state.covariance is not None:
             d = np.clip(np.diag(state.covariance.detach().double().cpu().numpy()), 0, None)
             diag, total = d.tolist(), float(math.sqrt(d.sum()))
         return {"user_id": user_id, "in_store": in_store, "n_comparisons": int(n), "n_logged": int(n_logged),
-                "vector": vector, "covariance_diagonal": diag, "total_sd": total, "updated_at": updated_at}
+                "pending": int(pending), "vector": vector, "covariance_diagonal": diag, "total_sd": total,
+                "updated_at": updated_at}
 
     def user_state(self, user_id: str) -> dict:
         self.require_ready()
         self._require_users()
         n_logged = self.log.count(user_id)
         if user_id not in self.store:
-            if n_logged:  # committed, not applied yet (an instant after a write, or a failed replay)
+            if n_logged:  # committed, not applied yet (a deferred write, an instant after a write, a failed replay)
                 return self._state_out(user_id, None, in_store=False, n=len(self._base_rows(user_id)) + n_logged,
-                                       n_logged=n_logged, updated_at=None)
+                                       n_logged=n_logged, updated_at=None, pending=n_logged)
             raise NotFound(f"unknown user {user_id!r}")
         try:
             state = library.stored_state(self.store, user_id)
             meta = library.store_metadata(self.store, user_id)
         except KeyError:  # deleted meanwhile
             raise NotFound(f"unknown user {user_id!r}") from None
-        return self._state_out(user_id, state, in_store=True, n=meta.get("n_comparisons", 0), n_logged=n_logged,
-                               updated_at=meta.get("updated_at"))
+        n = meta.get("n_comparisons", 0)
+        waiting = user_id in self._deferred or user_id in self._failed
+        pending = max(0, len(self._base_rows(user_id)) + n_logged - n) if waiting else 0
+        return self._state_out(user_id, state, in_store=True, n=n, n_logged=n_logged,
+                               updated_at=meta.get("updated_at"), pending=pending)
 
     # ------------------------------------------------------------------ writes
     def _rows_of(self, comparisons) -> list[Row]:
@@ -542,9 +560,11 @@ class Service:
         return rows
 
     async def add_comparisons(self, user_id: str, comparisons, *, create_only: bool = False,
-                              idempotency_key: str | None = None, request_sha256: str = "") -> dict:
+                              idempotency_key: str | None = None, request_sha256: str = "",
+                              deferred: bool = False) -> dict:
         """Log ``comparisons`` of ``user_id`` durably and update their state (see the module docstring).
-        With ``create_only`` the user must not exist yet (409 otherwise)."""
+        With ``create_only`` the user must not exist yet (409 otherwise); with ``deferred`` the state
+        is updated after the reply (the module docstring)."""
         self.require_ready()
         self._require_users()
         rows = self._rows_of(comparisons)
@@ -560,6 +580,10 @@ class Service:
             if create_only and (in_store or history):
                 raise Conflict(f"user {user_id!r} already exists; add comparisons with "
                                f"POST /v1/users/{{user_id}}/comparisons")
+            created = not (in_store or history)
+            if deferred:
+                n = len(self._base_rows(user_id)) + len(history) + len(rows)
+                return await self._add_deferred(user_id, rows, n, created, idempotency_key, request_sha256)
             if self._computes_inline(user_id, history, rows):  # a few ms: see INLINE_COMPARISONS
                 state, n, contexts = self._compute(user_id, history, rows)
             else:  # in the compute thread: the event loop keeps serving reads meanwhile
@@ -570,16 +594,86 @@ class Service:
 
             def render(first: int, last: int) -> dict:
                 return {"user_id": user_id, "accepted": len(rows), "first_seq": first, "last_seq": last,
-                        "n_comparisons": n, "created": not in_store, "state": state_out, "replayed": False}
+                        "n_comparisons": n, "created": created, "state": state_out, "pending": False,
+                        "replayed": False}
 
-            idem = None if idempotency_key is None else Idempotent(idempotency_key, request_sha256, render)
-            try:
-                first, last = await asyncio.wrap_future(self.log.append(user_id, rows, idem))
-            except IdempotencyConflict as err:
-                raise Invalid(str(err)) from None
+            first, last = await self._commit(user_id, rows, idempotency_key, request_sha256, render)
             self._apply(user_id, state, n, contexts)  # on failure the write stays in flight: replayed on start
-            self.log.applied(first)
+            # the state was computed from the whole logged history: earlier deferred writes are in it
+            self._mark_applied([first] + self._deferred.pop(user_id, []) + self._failed.pop(user_id, []))
             return render(first, last)
+
+    async def _commit(self, user_id: str, rows: list[Row], idempotency_key: str | None, request_sha256: str,
+                      render) -> tuple[int, int]:
+        """Append ``rows`` to the log and wait for the commit: their first and last sequence numbers."""
+        idem = None if idempotency_key is None else Idempotent(idempotency_key, request_sha256, render)
+        try:
+            return await asyncio.wrap_future(self.log.append(user_id, rows, idem))
+        except IdempotencyConflict as err:
+            raise Invalid(str(err)) from None
+
+    def _mark_applied(self, firsts: list[int]) -> None:
+        for first in firsts:
+            self.log.applied(first)
+
+    async def _add_deferred(self, user_id: str, rows: list[Row], n: int, created: bool,
+                            idempotency_key: str | None, request_sha256: str) -> dict:
+        """The deferred write (under the user's lock): commit, queue the user for the updater, reply."""
+        def render(first: int, last: int) -> dict:
+            return {"user_id": user_id, "accepted": len(rows), "first_seq": first, "last_seq": last,
+                    "n_comparisons": n, "created": created, "state": None, "pending": True, "replayed": False}
+
+        first, last = await self._commit(user_id, rows, idempotency_key, request_sha256, render)
+        self._deferred.setdefault(user_id, []).append(first)
+        if self._updater is None or self._updater.done():
+            self._updater = asyncio.get_running_loop().create_task(self._run_updates())
+        return render(first, last)
+
+    async def _run_updates(self) -> None:
+        """Recompute the states of users with deferred writes, one user at a time, until none is left."""
+        loop = asyncio.get_running_loop()
+        while self._deferred and self.ready:
+            user_id = next(iter(self._deferred))
+            async with self._locks.hold(user_id):
+                # kept in _deferred while computing (so reads count them as pending); under the user's
+                # lock no write or deletion of this user changes them meanwhile
+                firsts = self._deferred.get(user_id)
+                if not firsts:  # a "now" write or a deletion took them
+                    self._deferred.pop(user_id, None)
+                    continue
+                try:
+                    history = self.log.history(user_id)
+                    if self._computes_inline(user_id, history, []):
+                        state, n, contexts = self._compute(user_id, history, [])
+                    else:
+                        state, n, contexts = await loop.run_in_executor(self._compute_pool, self._compute,
+                                                                        user_id, history, [])
+                    self._apply(user_id, state, n, contexts)
+                except Exception as err:  # the writes stay in flight (replayed on start) until a later update
+                    logger.error("deferred update of user %r failed (%s: %s); its writes stay in flight",
+                                 user_id, type(err).__name__, err)
+                    self.deferred_stats["failures"] += 1
+                    self._failed.setdefault(user_id, []).extend(self._deferred.pop(user_id))
+                    continue
+                firsts = self._deferred.pop(user_id) + self._failed.pop(user_id, [])
+                self._mark_applied(firsts)
+                self.deferred_stats["updates"] += 1
+                self.deferred_stats["writes_applied"] += len(firsts)
+            await asyncio.sleep(0)  # let the event loop serve requests between users
+
+    @property
+    def n_deferred(self) -> int:
+        """Users whose deferred writes are not in their state yet (failed ones included)."""
+        return len(self._deferred.keys() | self._failed.keys())
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Wait (up to ``timeout`` s) until every deferred write is applied; whether they all are."""
+        deadline = time.monotonic() + timeout
+        while self._deferred and time.monotonic() < deadline:
+            if self._updater is None or self._updater.done():
+                self._updater = asyncio.get_running_loop().create_task(self._run_updates())
+            await asyncio.sleep(0.01)
+        return not self._deferred
 
     async def delete_user(self, user_id: str) -> dict:
         """Delete the user from the store, the log (comparisons and idempotency replies) and, before
@@ -591,6 +685,7 @@ class Service:
             if not in_store and self.log.count(user_id) == 0:
                 raise NotFound(f"unknown user {user_id!r}")
             n_rows, marker = await asyncio.wrap_future(self.log.delete_user(user_id))
+            self._mark_applied(self._deferred.pop(user_id, []) + self._failed.pop(user_id, []))  # rows gone
             self._forgotten.add(user_hash(user_id))
             if user_id in self.store:
                 self.store.remove([user_id])
@@ -779,6 +874,10 @@ class Service:
         return {"total": len(ids), "offset": offset, "items": [
             {"item_id": str(ids[i]), "text": None if text is None else text[i]} for i in range(offset, end)]}
 
+    def deferred_summary(self) -> dict:
+        """Deferred updates: users waiting, states recomputed, writes applied, failures."""
+        return {"users_pending": self.n_deferred, **self.deferred_stats}
+
     def info(self) -> dict:
         run = self.run
         out = {"status": self.status, "ready": self.ready, "error": self.error, "run_dir": str(self.run_dir),
@@ -789,5 +888,5 @@ class Service:
                         "texts_supported": run.texts_supported, "prompt_aware": run.prompt_aware,
                         "has_user_vectors": self.store is not None,
                         "model_fingerprint": run.fingerprint, "last_snapshot": self.last_snapshot,
-                        "log": self.log.stats()})
+                        "log": self.log.stats(), "deferred": self.deferred_summary()})
         return out

@@ -1,6 +1,7 @@
 """kill -9 loses no acknowledged comparison: a real server killed during a stream of writes from
-several clients, restarted on the same state directory, serves every acknowledged comparison;
-and a deletion survives a crash before the next snapshot."""
+several clients (state updated before the reply, or deferred), restarted on the same state
+directory, serves every acknowledged comparison; and a deletion survives a crash before the next
+snapshot."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def test_kill9_during_writes_loses_no_acknowledged_comparison(start_server, tmp_
             while not stop.is_set():
                 user = users[(t + j) % len(users)]
                 a, b = (3 * t + j) % 40, (3 * t + j + 1 + j % 5) % 40
-                body = {"comparisons": [{"item_a": f"i{a}", "item_b": f"i{b}", "label": j % 2}] * (1 + j % 2)}
+                body = {"comparisons": [{"item_a": f"i{a}", "item_b": f"i{b}", "label": j % 2}] * (1 + j % 2),
+                        "update": "deferred" if j % 3 == 1 else "now"}  # a deferred write is acknowledged too
                 try:
                     r = client.post(f"/v1/users/{user}/comparisons", json=body)
                 except httpx.TransportError:
