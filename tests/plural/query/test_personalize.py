@@ -111,6 +111,31 @@ def test_all_prior_mass_on_the_population_is_plain_adapt(setup, noise_rate):
         assert not torch.allclose(noisy.vector, clean.vector, atol=1e-3)
 
 
+def test_the_kernel_prior_is_never_wider_than_the_population_prior(setup):
+    """match_spread: stored users spread wider than the population prior are pulled towards its
+    mean until the kernel mixture's second moment (the centres' plus bandwidth**2 C) is C's, so the
+    state does not depend on how far out they lie; a store within that spread is used as it is."""
+    _, data, model, episodes = setup
+    ids = list(model.user_ids_)
+    vectors = model.user_states().numpy().astype(np.float64)
+    assert np.allclose(model.adaptation_prior()[0].numpy(), 0)  # low_rank: scaling is about the prior mean
+
+    def store_of(scale: float) -> UserStore:
+        store = UserStore(vectors.shape[1], metric="ip", index="flat")
+        store.add(ids, (vectors * scale).astype(np.float32))
+        return store
+
+    support = comparison_batch(data, episodes[0].support(5), model)
+    far, farther = (personalize(model, store_of(c), support) for c in (10.0, 20.0))
+    torch.testing.assert_close(far.vector, farther.vector, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(far.covariance, farther.covariance, atol=1e-5, rtol=1e-4)
+    wide = [personalize(model, store_of(c), support, match_spread=False).vector for c in (10.0, 20.0)]
+    assert not torch.allclose(wide[0], wide[1], atol=1e-3)
+    near = store_of(0.01)
+    torch.testing.assert_close(personalize(model, near, support).vector,
+                               personalize(model, near, support, match_spread=False).vector)
+
+
 def test_searched_and_exhaustive_stores_agree_when_the_search_returns_everyone(setup):
     _, data, model, episodes = setup
     store = build_user_store(model)
