@@ -45,6 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/serve_load.py` from a checkout
     sys.path.insert(0, str(REPO))
 TOPICS = ["cats", "dogs", "space", "cooking", "music", "football", "politics", "gardening"]
+WRITE_PHASES = {"add_comparisons": "now", "add_deferred": "deferred"}
+"""The write phases and the ``update`` mode of their requests."""
+PHASES = (*WRITE_PHASES, "score_100", "recommend_10")
 
 
 # ---------------------------------------------------------------------- a synthetic run
@@ -219,7 +222,7 @@ def http_phases(run_dir: Path, state_dir: Path, item_ids: list[str], trained: li
                              {"comparisons": [{"item_a": a, "item_b": b, "label": 1}]}, on_ack))
         asyncio.run(run_phase(host, port, 1.0, 4, score))
         marks = {}
-        for phase, update in (("add_comparisons", "now"), ("add_deferred", "deferred")):
+        for phase, update in WRITE_PHASES.items():
             start = len(acked)
             results[phase] = asyncio.run(run_phase(host, port, args.seconds, args.write_concurrency, adder(update),
                                                    on_ack))
@@ -370,8 +373,8 @@ def main() -> None:
                           "http": "HTTP/1.1 keep-alive, one asyncio connection per concurrent request"},
                "http": http_phases(run_dir, state_dir, [str(i) for i in vocab["item_ids"]], vocab["user_ids"], args)}
     results["in_process"] = in_process(run_dir, min(args.seconds, 5.0), args.users, args.per_request)
-    for name in ("add_comparisons", "add_deferred", "score_100", "recommend_10"):
-        h, p = results["http"][name], results["in_process"]["add_comparisons" if name == "add_deferred" else name]
+    for name in PHASES:  # both write phases against the in-process write path
+        h, p = results["http"][name], results["in_process"]["add_comparisons" if name in WRITE_PHASES else name]
         h["in_process_per_s"] = p["per_s"]
         h["http_over_in_process"] = round(h["rps"] / p["per_s"], 3) if p["per_s"] else None
     h = results["http"]
@@ -379,18 +382,17 @@ def main() -> None:
         "score_rps>=300": h["score_100"]["rps"] >= 300, "score_p99<50ms": (h["score_100"]["p99_ms"] or 1e9) < 50,
         "acknowledged_comparisons_per_s>=200 (update=now)": h["add_comparisons"]["acknowledged_per_s"] >= 200,
         "acknowledged_comparisons_per_s>=200 (update=deferred)": h["add_deferred"]["acknowledged_per_s"] >= 200,
-        "zero_errors": not any(sum(h[k]["errors"].values()) for k in ("add_comparisons", "add_deferred", "score_100",
-                                                                       "recommend_10")),
+        "zero_errors": not any(sum(h[k]["errors"].values()) for k in PHASES),
         "every_acknowledged_comparison_in_sqlite": h["durability"]["all_acknowledged_in_sqlite"],
         "every_deferred_update_applied": h["deferred_updates"]["every_state_counts_every_comparison"]}
     print(f"{'phase':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'in-proc/s':>11}{'ratio':>8}")
-    for name in ("add_comparisons", "add_deferred", "score_100", "recommend_10"):
+    for name in PHASES:
         r = h[name]
         print(f"{name:<18}{r['rps']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}{sum(r['errors'].values()):>8}"
               f"{r['in_process_per_s']:>11}{r['http_over_in_process']:>8}")
     print(f"client: {args.per_request} comparison(s) per add request, {args.write_concurrency} write / "
           f"{args.read_concurrency} read connections, {args.users} users")
-    for name in ("add_comparisons", "add_deferred"):
+    for name in WRITE_PHASES:
         print(f"{name}: acknowledged comparisons {h[name]['acknowledged_comparisons']} in {h[name]['seconds']}s "
               f"({h[name]['acknowledged_per_s']}/s)")
     print(f"log commits {h['log']['commits']} for {h['log']['comparisons_written']} comparisons; durability "

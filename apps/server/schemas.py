@@ -156,10 +156,21 @@ class CreateUserIn(ComparisonsIn):
     user_id: UserId
 
 
-def _prompt_needs_texts(prompt: str | None, texts: list[str] | None) -> None:
-    if prompt is not None and not texts:
+_PROMPT_DESCRIPTION = (
+    f"the prompt every text of the request is scored under (1 to {MAX_TEXT_LENGTH} characters); "
+    "null: no prompt. Used by a prompt-aware run (/v1/info: prompt_aware); a prompt-blind run's "
+    "reward does not depend on a prompt, so it ignores it. Needs texts: catalog items of a "
+    "prompt-aware run carry their prompt in their id")
+
+
+def _check_scoring(body):
+    """Something to score (item ids or texts), and a prompt only with texts."""
+    if not body.item_ids and not body.texts:
+        raise ValueError("give a non-empty list of item_ids or texts to score")
+    if body.prompt is not None and not body.texts:
         raise ValueError("prompt is the prompt the texts are scored under: give texts with it (a prompt-aware "
                          "run's catalog items carry their prompt in their id)")
+    return body
 
 
 class ScoreIn(_Strict):
@@ -169,18 +180,11 @@ class ScoreIn(_Strict):
     user_id: UserId | None = None
     item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
     texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
-    prompt: Text | None = Field(None, description=(
-        f"the prompt every text of the request is scored under (1 to {MAX_TEXT_LENGTH} characters); "
-        "null: no prompt. Used by a prompt-aware run (/v1/info: prompt_aware); a prompt-blind run's "
-        "reward does not depend on a prompt, so it ignores it. Needs texts: catalog items of a "
-        "prompt-aware run carry their prompt in their id"))
+    prompt: Text | None = Field(None, description=_PROMPT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _something(self) -> "ScoreIn":
-        if not self.item_ids and not self.texts:
-            raise ValueError("give a non-empty list of item_ids or texts to score")
-        _prompt_needs_texts(self.prompt, self.texts)
-        return self
+        return _check_scoring(self)
 
 
 class RankIn(_Strict):
@@ -202,18 +206,11 @@ class BatchScoreIn(_Strict):
                                           description="null scores for the population")
     item_ids: list[ItemId] | None = Field(None, max_length=MAX_CANDIDATES)
     texts: list[Text] | None = Field(None, max_length=MAX_TEXTS)
-    prompt: Text | None = Field(None, description=(
-        f"the prompt every text of the request is scored under (1 to {MAX_TEXT_LENGTH} characters); "
-        "null: no prompt. Used by a prompt-aware run (/v1/info: prompt_aware); a prompt-blind run's "
-        "reward does not depend on a prompt, so it ignores it. Needs texts: catalog items of a "
-        "prompt-aware run carry their prompt in their id"))
+    prompt: Text | None = Field(None, description=_PROMPT_DESCRIPTION)
 
     @model_validator(mode="after")
     def _something(self) -> "BatchScoreIn":
-        if not self.item_ids and not self.texts:
-            raise ValueError("give a non-empty list of item_ids or texts to score")
-        _prompt_needs_texts(self.prompt, self.texts)
-        return self
+        return _check_scoring(self)
 
 
 class BatchRankIn(_Strict):

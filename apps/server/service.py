@@ -543,8 +543,7 @@ class Service:
         except KeyError:  # deleted meanwhile
             raise NotFound(f"unknown user {user_id!r}") from None
         n = meta.get("n_comparisons", 0)
-        waiting = user_id in self._deferred or user_id in self._failed
-        pending = max(0, len(self._base_rows(user_id)) + n_logged - n) if waiting else 0
+        pending = max(0, len(self._base_rows(user_id)) + n_logged - n) if self._waiting(user_id) else 0
         return self._state_out(user_id, state, in_store=True, n=n, n_logged=n_logged,
                                updated_at=meta.get("updated_at"), pending=pending)
 
@@ -580,58 +579,59 @@ class Service:
             if create_only and (in_store or history):
                 raise Conflict(f"user {user_id!r} already exists; add comparisons with "
                                f"POST /v1/users/{{user_id}}/comparisons")
+            if deferred:  # commit now, compute later (the updater)
+                state_out, n = None, len(self._base_rows(user_id)) + len(history) + len(rows)
+            else:
+                state, n, contexts = await self._state_of(user_id, history, rows)
+                state_out = self._state_out(user_id, state, in_store=True, n=n, n_logged=len(history) + len(rows),
+                                            updated_at=time.time())
             created = not (in_store or history)
-            if deferred:
-                n = len(self._base_rows(user_id)) + len(history) + len(rows)
-                return await self._add_deferred(user_id, rows, n, created, idempotency_key, request_sha256)
-            if self._computes_inline(user_id, history, rows):  # a few ms: see INLINE_COMPARISONS
-                state, n, contexts = self._compute(user_id, history, rows)
-            else:  # in the compute thread: the event loop keeps serving reads meanwhile
-                state, n, contexts = await asyncio.get_running_loop().run_in_executor(
-                    self._compute_pool, self._compute, user_id, history, rows)
-            n_logged = len(history) + len(rows)
-            state_out = self._state_out(user_id, state, in_store=True, n=n, n_logged=n_logged, updated_at=time.time())
 
             def render(first: int, last: int) -> dict:
                 return {"user_id": user_id, "accepted": len(rows), "first_seq": first, "last_seq": last,
-                        "n_comparisons": n, "created": created, "state": state_out, "pending": False,
+                        "n_comparisons": n, "created": created, "state": state_out, "pending": deferred,
                         "replayed": False}
 
-            first, last = await self._commit(user_id, rows, idempotency_key, request_sha256, render)
-            self._apply(user_id, state, n, contexts)  # on failure the write stays in flight: replayed on start
-            # the state was computed from the whole logged history: earlier deferred writes are in it
-            self._mark_applied([first] + self._deferred.pop(user_id, []) + self._failed.pop(user_id, []))
+            idem = None if idempotency_key is None else Idempotent(idempotency_key, request_sha256, render)
+            try:
+                first, last = await asyncio.wrap_future(self.log.append(user_id, rows, idem))
+            except IdempotencyConflict as err:
+                raise Invalid(str(err)) from None
+            if deferred:
+                self._deferred.setdefault(user_id, []).append(first)
+                self._start_updater()
+            else:
+                self._apply(user_id, state, n, contexts)  # on failure the write stays in flight: replayed on start
+                # the state was computed from the whole logged history: earlier deferred writes are in it
+                self._mark_applied([first] + self._take_waiting(user_id))
             return render(first, last)
 
-    async def _commit(self, user_id: str, rows: list[Row], idempotency_key: str | None, request_sha256: str,
-                      render) -> tuple[int, int]:
-        """Append ``rows`` to the log and wait for the commit: their first and last sequence numbers."""
-        idem = None if idempotency_key is None else Idempotent(idempotency_key, request_sha256, render)
-        try:
-            return await asyncio.wrap_future(self.log.append(user_id, rows, idem))
-        except IdempotencyConflict as err:
-            raise Invalid(str(err)) from None
+    async def _state_of(self, user_id: str, history: list[Row], new: list[Row]):
+        """:meth:`_compute` on the event loop for a small user (a few ms: see INLINE_COMPARISONS),
+        otherwise in the compute thread while the event loop keeps serving reads."""
+        if self._computes_inline(user_id, history, new):
+            return self._compute(user_id, history, new)
+        return await asyncio.get_running_loop().run_in_executor(self._compute_pool, self._compute,
+                                                                user_id, history, new)
 
     def _mark_applied(self, firsts: list[int]) -> None:
         for first in firsts:
             self.log.applied(first)
 
-    async def _add_deferred(self, user_id: str, rows: list[Row], n: int, created: bool,
-                            idempotency_key: str | None, request_sha256: str) -> dict:
-        """The deferred write (under the user's lock): commit, queue the user for the updater, reply."""
-        def render(first: int, last: int) -> dict:
-            return {"user_id": user_id, "accepted": len(rows), "first_seq": first, "last_seq": last,
-                    "n_comparisons": n, "created": created, "state": None, "pending": True, "replayed": False}
+    def _waiting(self, user_id: str) -> bool:
+        """Whether the user has deferred writes not in their state yet (failed ones included)."""
+        return user_id in self._deferred or user_id in self._failed
 
-        first, last = await self._commit(user_id, rows, idempotency_key, request_sha256, render)
-        self._deferred.setdefault(user_id, []).append(first)
+    def _take_waiting(self, user_id: str) -> list[int]:
+        """Forget the user's deferred writes (pending and failed): their first sequence numbers."""
+        return self._deferred.pop(user_id, []) + self._failed.pop(user_id, [])
+
+    def _start_updater(self) -> None:
         if self._updater is None or self._updater.done():
             self._updater = asyncio.get_running_loop().create_task(self._run_updates())
-        return render(first, last)
 
     async def _run_updates(self) -> None:
         """Recompute the states of users with deferred writes, one user at a time, until none is left."""
-        loop = asyncio.get_running_loop()
         while self._deferred and self.ready:
             user_id = next(iter(self._deferred))
             async with self._locks.hold(user_id):
@@ -642,12 +642,7 @@ class Service:
                     self._deferred.pop(user_id, None)
                     continue
                 try:
-                    history = self.log.history(user_id)
-                    if self._computes_inline(user_id, history, []):
-                        state, n, contexts = self._compute(user_id, history, [])
-                    else:
-                        state, n, contexts = await loop.run_in_executor(self._compute_pool, self._compute,
-                                                                        user_id, history, [])
+                    state, n, contexts = await self._state_of(user_id, self.log.history(user_id), [])
                     self._apply(user_id, state, n, contexts)
                 except Exception as err:  # the writes stay in flight (replayed on start) until a later update
                     logger.error("deferred update of user %r failed (%s: %s); its writes stay in flight",
@@ -655,7 +650,7 @@ class Service:
                     self.deferred_stats["failures"] += 1
                     self._failed.setdefault(user_id, []).extend(self._deferred.pop(user_id))
                     continue
-                firsts = self._deferred.pop(user_id) + self._failed.pop(user_id, [])
+                firsts = self._take_waiting(user_id)
                 self._mark_applied(firsts)
                 self.deferred_stats["updates"] += 1
                 self.deferred_stats["writes_applied"] += len(firsts)
@@ -670,8 +665,7 @@ class Service:
         """Wait (up to ``timeout`` s) until every deferred write is applied; whether they all are."""
         deadline = time.monotonic() + timeout
         while self._deferred and time.monotonic() < deadline:
-            if self._updater is None or self._updater.done():
-                self._updater = asyncio.get_running_loop().create_task(self._run_updates())
+            self._start_updater()
             await asyncio.sleep(0.01)
         return not self._deferred
 
@@ -685,7 +679,7 @@ class Service:
             if not in_store and self.log.count(user_id) == 0:
                 raise NotFound(f"unknown user {user_id!r}")
             n_rows, marker = await asyncio.wrap_future(self.log.delete_user(user_id))
-            self._mark_applied(self._deferred.pop(user_id, []) + self._failed.pop(user_id, []))  # rows gone
+            self._mark_applied(self._take_waiting(user_id))  # their rows are gone
             self._forgotten.add(user_hash(user_id))
             if user_id in self.store:
                 self.store.remove([user_id])

@@ -167,12 +167,12 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
     if not ids:
         state = model.adapt(support)
         return (state, []) if return_neighbors else state
-    pop_mean, _, pop_precision = (t.double().cpu().numpy() for t in model.adaptation_prior())
+    pop_mean, pop_cov, pop_precision = (t.double().cpu().numpy() for t in model.adaptation_prior())
     stored = store.get(ids).astype(np.float64)
     if group is not None:
         stored += pop_mean - stored.mean(0)
     if match_spread:  # the mixture's second moment about the mean: the centres' plus bandwidth**2 tr(C)
-        target = (1 - bandwidth ** 2) * np.trace(np.linalg.inv(pop_precision))
+        target = (1 - bandwidth ** 2) * np.trace(pop_cov)
         second = float(((stored - pop_mean) ** 2).sum(1).mean())
         if second > target > 0:  # only ever pulled in
             stored = pop_mean + np.sqrt(target / second) * (stored - pop_mean)

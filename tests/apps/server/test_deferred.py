@@ -117,7 +117,6 @@ def test_deferred_state_equals_the_state_of_the_whole_history(tiny_run, tmp_path
                 replies.append(svc.add_comparisons("carol", [schemas.ComparisonIn(item_a=a, item_b=b, label=y)],
                                                    deferred=True))
             out = await asyncio.gather(*replies)
-            assert svc.n_deferred == 1 or "carol" in svc.store  # queued, or already applied
             assert await svc.drain(30)
             return out
 
