@@ -406,6 +406,16 @@ def markdown_table(record: dict, ks: Sequence[int] | None = None) -> str:
             cells = [_mean_sd([b.get(k, float("nan")) for b in by_k]) for k in ks]
             lines.append("| *few-shot oracle: true type rewards, type inferred from the k labels* | - | "
                          + " | ".join(cells) + " | - | - |")
+        scored = [m for m in runs[0]["models"]
+                  if any("observation_accuracy" in row for row in runs[0]["models"][m][key]["curve"])]
+        if scored:
+            lines += ["", "Observations (votes, ratings) of the query's items on the predicted side of their "
+                      "thresholds, % (the models that learn from them):", "",
+                      "| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+            for model in scored:
+                entries = [r["models"][model][key] for r in runs]
+                lines.append(f"| {model} | " + " | ".join(
+                    _mean_sd([curve_value(e, k, "observation_accuracy") for e in entries]) for k in ks) + " |")
         if "unseen_random" in runs[0]["models"][next(iter(runs[0]["models"]))]:
             lines += ["", "Random split (support and query may share items; overstates personalization):", "",
                       "| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]

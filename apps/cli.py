@@ -247,6 +247,9 @@ def bench(
     kind: str = typer.Option("pairs", help=KIND_HELP),
     column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
     split: str = typer.Option(None, help=SPLIT_HELP + "; applies to every dataset"),
+    set_: list[str] = typer.Option([], "--set", help="MODEL.FIELD=VALUE: a config field of one benched model "
+                                                     "(e.g. low_rank.n_components=4, low_rank.use_observations=false); "
+                                                     "repeatable"),
 ) -> None:
     """Run the evaluation protocol over datasets x models x seeds and write a table and plots.
 
@@ -264,6 +267,7 @@ def bench(
     if models:
         config.models = tuple(m.strip() for m in models.split(",") if m.strip())
     _check_models(config.models, "--models")  # before any data is loaded
+    config.model_options = _model_options(set_, config.models)
     read = dict(kind=kind, **_key_values(column))
     if not plots_available():
         console.print(f"note: matplotlib is not installed, so no plots ({PLOTS_EXTRA})", highlight=False)
@@ -331,6 +335,34 @@ def _check_split(split: str | None) -> str | None:
     if split is not None and split not in SPLITS:
         raise typer.BadParameter(f"expected one of {', '.join(SPLITS)}, got {split!r}", param_hint="--split")
     return split
+
+
+def _model_options(settings: list[str], models) -> dict:
+    """``["low_rank.n_components=4"]`` -> ``{"low_rank": {"n_components": 4}}``, values read as JSON
+    where they parse (numbers, true/false) and as text otherwise; the model must be benched and the
+    field one of its config's."""
+    import dataclasses
+
+    from plural.core.registry import model_class
+
+    out: dict = {}
+    for setting in settings:
+        target, sep, value = setting.partition("=")
+        name, dot, field = target.strip().partition(".")
+        if not sep or not dot or not field:
+            raise typer.BadParameter(f"expected MODEL.FIELD=VALUE, got {setting!r}", param_hint="--set")
+        if name not in models:
+            raise typer.BadParameter(f"{name!r} is not among the benched models {list(models)}", param_hint="--set")
+        fields = {f.name for f in dataclasses.fields(model_class(name).config_class)}
+        if field not in fields:
+            raise typer.BadParameter(f"{name} has no config field {field!r}; it has {sorted(fields)}",
+                                     param_hint="--set")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(name, {})[field] = parsed
+    return out
 
 
 def _key_values(pairs: list[str]) -> dict:

@@ -129,6 +129,7 @@ class EMMixture(PreferenceModel):
     """The heads separate only after a plateau (on the synthetic mixture one seed in three stopped
     at epoch 5 with no personal part under a patience of 3; with 8 its best epoch was 9)."""
     config_class = EMMixtureConfig
+    takes_observations = True
 
     @property
     def user_dim(self) -> int:
@@ -137,7 +138,7 @@ class EMMixture(PreferenceModel):
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
         h, k = cfg.item_dim, cfg.n_components
-        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg, self.observation_levels_)
         self.population_weight = nn.Parameter(torch.randn(h) / h ** 0.5)
         self.head_offsets = nn.Parameter(cfg.head_init_scale * torch.randn(k, h) / h ** 0.5)
         self.register_buffer("responsibilities", torch.full((len(self.user_ids_), k), 1.0 / k))
@@ -156,7 +157,7 @@ class EMMixture(PreferenceModel):
         """``(B, K)`` margins ``r_k(a) - r_k(b)`` of the batch's comparisons under each head
         (``scaled=False``: before the margin temperature)."""
         phi_a, bias_a = self.items(batch["features_a"], batch["item_a"])
-        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"])
+        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"], batch.get("level"))
         w = self.population_weight + self.head_offsets
         margin = (phi_a - phi_b) @ w.T + (bias_a - bias_b).unsqueeze(-1)
         return self.margin_scale * margin if scaled else margin

@@ -53,8 +53,11 @@ class LowRank(LatentUserModel):
 
     def _margins_of(self, support: dict) -> LinearMargins:
         n = len(support["features_a"])  # both sides through the item layers in one pass
+        level = support.get("level")
+        if level is not None:  # only the b side can be a threshold
+            level = torch.cat([torch.full_like(level, -1), level])
         phi, bias = self.items(torch.cat([support["features_a"], support["features_b"]]),
-                               torch.cat([support["item_a"], support["item_b"]]))
+                               torch.cat([support["item_a"], support["item_b"]]), level)
         delta = (phi[:n] - phi[n:]).double()
         offset = delta @ self.population_weight.double() + (bias[:n] - bias[n:]).double()
         return LinearMargins(delta @ self.basis.double(), offset)

@@ -136,6 +136,7 @@ class VPL(LatentUserModel):
 
     name = "vpl"
     config_class = VPLConfig
+    takes_observations = False  # its encoder reads a user's comparisons only (not yet their votes)
     listing_order = 80
 
     def _build(self, feature_dim: int) -> None:

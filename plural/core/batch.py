@@ -7,7 +7,11 @@ A batch is a dict of tensors, one row per comparison:
   learned identity for, which then falls back on its features);
 - ``features_a``, ``features_b`` ``(B, d)`` float32: the items' features;
 - ``label`` ``(B,)`` float32 in {0, 0.5, 1}; ``weight`` ``(B,)`` float32;
-- ``context`` ``(B,)`` long: the model's index of the context (-1: none, or one it has not seen).
+- ``context`` ``(B,)`` long: the model's index of the context (-1: none, or one it has not seen);
+- ``level`` ``(B,)`` long, only in batches that carry observations (votes, ratings;
+  :mod:`plural.data.observations`): -1 for a comparison, and for a row that stands for an
+  observation the index of the threshold its item (``item_a``) is compared with; ``item_b`` is -1
+  and ``features_b`` zero on such rows, which models with thresholds replace by the threshold.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from plural.core.likelihood import independent_share_by_user
 from plural.data.container import PreferenceData
+from plural.data.observations import following, threshold_rows
 
 
 def _remap(lookup, ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -30,14 +36,24 @@ def _remap(lookup, ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
 class ComparisonDataset(torch.utils.data.Dataset):
     """Comparisons of ``data`` at ``rows`` as model-ready tensors, fetched a batch at a time.
 
+    With ``observations`` and a ``model`` that has thresholds for observations (``observation_levels_``,
+    set when it was built on data with observations), the observations following ``rows`` (:func:`plural.data.observations.following`)
+    are served too, as the threshold comparisons that stand for them
+    (:func:`plural.data.observations.threshold_rows`), at positions ``n_pairs ..`` after the
+    comparisons; :meth:`with_observations` adds, to positions of comparisons, those of their
+    observations.
+
     Args:
         data: the preferences; must carry ``item_features``.
         rows: comparison rows to serve (all by default).
         model: when given (and built), user, item and context indices are translated into the
             model's vocabularies through its ``user_index``, ``item_index`` and ``context_index``.
+        observations: serve the observations too (training, few-shot episodes); by default the
+            dataset holds the comparisons alone, one row per comparison at ``rows``.
     """
 
-    def __init__(self, data: PreferenceData, rows: np.ndarray | None = None, model=None) -> None:
+    def __init__(self, data: PreferenceData, rows: np.ndarray | None = None, model=None,
+                 observations: bool = False) -> None:
         if data.item_features is None:
             raise ValueError(f"{data.name}: items have no features; encode them first "
                              "(plural.data.encoders.encode_items) or pass an encoder to fit")
@@ -63,6 +79,76 @@ class ComparisonDataset(torch.utils.data.Dataset):
             "weight": torch.from_numpy(data.weight[rows]),
             "context": torch.from_numpy(np.ascontiguousarray(context)),
         }
+        self.n_pairs = len(rows)
+        self._observation_keys = np.empty(0, np.int64)
+        levels = getattr(model, "observation_levels_", 0) if built and observations else 0
+        obs_rows = following(data, rows) if levels else np.empty(0, np.int64)
+        if len(obs_rows):
+            self._add_observations(data, rows, obs_rows, levels, user_codes, item_codes, model)
+
+    def _add_observations(self, data, rows, obs_rows, levels, user_codes, item_codes, model) -> None:
+        obs = data.observations.take(obs_rows)
+        if obs.n_levels != levels:
+            raise ValueError(f"{data.name}: observations on a scale of {obs.n_levels} levels; the model "
+                             f"was trained on a scale of {levels}")
+        source, threshold, label = threshold_rows(obs.level, obs.n_levels)
+        context = obs.context[source]
+        if data.context_ids is not None:
+            table = np.append(_remap(model.context_index, data.context_ids, np.arange(len(data.context_ids))), -1)
+            context = table[context]
+        m = len(source)
+        extra = {
+            "user": _remap(user_codes, data.user_ids, obs.user[source]),
+            "item_a": _remap(item_codes, data.item_ids, obs.item[source]),
+            "item_b": np.full(m, -1, np.int64), "label": label, "weight": obs.weight[source],
+            "context": np.ascontiguousarray(context),
+        }
+        self.tensors = {k: torch.cat([v, torch.from_numpy(extra[k])]) for k, v in self.tensors.items()}
+        self.tensors["level"] = torch.from_numpy(np.concatenate([np.full(self.n_pairs, -1, np.int64), threshold]))
+        # threshold rows read a zero feature row appended after the items'
+        self.features = torch.cat([self.features, self.features.new_zeros(1, self.features.shape[1])])
+        self.data_item_a = torch.cat([self.data_item_a, torch.from_numpy(obs.item[source])])
+        self.data_item_b = torch.cat([self.data_item_b, torch.full((m,), data.n_items, dtype=torch.long)])
+        # (user, item) key of each threshold row, sorted, to find the observations of given comparisons
+        n_items = np.int64(data.n_items)
+        keys = obs.user[source] * n_items + obs.item[source]
+        order = np.argsort(keys, kind="stable")
+        self._observation_keys, self._observation_order = keys[order], order + self.n_pairs
+        self._pair_keys = (data.user[rows] * n_items + data.item_a[rows], data.user[rows] * n_items + data.item_b[rows])
+
+    def temper_by_user(self) -> None:
+        """Multiply each row's weight by its user's independent share over the rows served here
+        (``plural.core.likelihood.independent_share_by_user``), a threshold row joining its item to
+        one node per threshold."""
+        t = self.tensors
+        # the graph is over the data's items (the model's -1 would make every unknown item distinct)
+        item_a, item_b = self.data_item_a.clone(), self.data_item_b.clone()
+        if "level" in t:
+            is_threshold = t["level"] >= 0
+            item_b[is_threshold] = (1 << 40) + t["level"][is_threshold]
+        share = independent_share_by_user(t["user"], item_a, item_b)
+        t["weight"] = t["weight"] * torch.from_numpy(share.astype(np.float32))
+
+    @property
+    def has_observations(self) -> bool:
+        return len(self._observation_keys) > 0
+
+    def observations_of(self, positions) -> np.ndarray:
+        """Positions of the threshold rows of the observations following the comparisons at
+        ``positions`` (positions below ``n_pairs``); empty when the dataset serves none."""
+        if not self.has_observations:
+            return np.empty(0, np.int64)
+        positions = np.asarray(positions, dtype=np.int64)
+        keys = np.unique(np.concatenate([self._pair_keys[0][positions], self._pair_keys[1][positions]]))
+        lo = np.searchsorted(self._observation_keys, keys, side="left")
+        hi = np.searchsorted(self._observation_keys, keys, side="right")
+        if not (hi > lo).any():
+            return np.empty(0, np.int64)
+        return np.sort(np.concatenate([self._observation_order[a:b] for a, b in zip(lo, hi) if b > a]))
+
+    def with_observations(self, positions) -> np.ndarray:
+        """``positions`` followed by :meth:`observations_of` them: the comparisons and their observations."""
+        return np.concatenate([np.asarray(positions, dtype=np.int64), self.observations_of(positions)])
 
     def __len__(self) -> int:
         return len(self.tensors["label"])

@@ -61,6 +61,14 @@ class LatentConfig(ModelConfig):
     Polis gained as much (150 unseen users, one draw)."""
     prior_floor: float = 1e-3
     """Added to the diagonal of the empirical prior covariance used by ``adapt``."""
+    temper_training: bool = False
+    """Multiply each training user's weights by their independent share, as ``temper_support`` does
+    for a new user's support, so a user's pairs formed from the same votes or ratings (and those
+    votes) count as the judgements they hold, in training as in ``adapt``."""
+    use_observations: bool = True
+    """Learn from the data's absolute observations (votes, ratings; ``plural.data.observations``)
+    beside its comparisons, where it has them: each is compared with learned thresholds, in training
+    and in ``adapt``."""
     temper_support: bool = True
     """``adapt`` multiplies the support's comparison weights by their independent share
     (``plural.core.likelihood.independent_share``): pairs formed from one user's votes or ratings repeat
@@ -87,13 +95,23 @@ class LatentConfig(ModelConfig):
             raise ValueError(f"adapt_steps must be >= 0, got {self.adapt_steps!r}")
 
 
+_THRESHOLD_NODE = 1 << 40
+"""Where the thresholds' indices start in the comparison graph of :func:`support_weight`."""
+
+
 def support_weight(support: dict, temper: bool = True) -> torch.Tensor:
     """``(k,)`` likelihood weights of a new user's support: its comparison weights, times their
-    independent share (``plural.core.likelihood.independent_share``) when ``temper``."""
+    independent share (``plural.core.likelihood.independent_share``) when ``temper``. The rows that
+    stand for observations (``level`` >= 0) compare an item with a threshold, one node of the graph
+    per threshold: the pairs formed from a user's votes and the votes themselves repeat the same
+    judgements, and together count as many as the distinct judgements they can pin down."""
     weight = support["weight"]
     if not temper:
         return weight
-    return weight * independent_share(support["item_a"], support["item_b"])
+    item_b = support["item_b"]
+    if "level" in support:
+        item_b = torch.where(support["level"] >= 0, _THRESHOLD_NODE + support["level"], item_b)
+    return weight * independent_share(support["item_a"], item_b)
 
 
 @contextlib.contextmanager
@@ -114,6 +132,7 @@ class LatentUserModel(PreferenceModel):
     """Base of the latent-user zoo (see the module docstring)."""
 
     config_class = LatentConfig
+    takes_observations = True
 
     @property
     def user_dim(self) -> int:
@@ -121,7 +140,7 @@ class LatentUserModel(PreferenceModel):
 
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
-        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg, self.observation_levels_)
         n_users = len(self.user_ids_)
         self.user_embedding = nn.Embedding(n_users + 1, self.user_dim, padding_idx=n_users)
         nn.init.normal_(self.user_embedding.weight, std=0.01)
@@ -196,7 +215,7 @@ class LatentUserModel(PreferenceModel):
         u = self.user_vectors(batch["user"])
         ctx = batch.get("context")
         phi_a, bias_a = self.items(batch["features_a"], batch["item_a"])
-        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"])
+        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"], batch.get("level"))
         return self.score(phi_a, bias_a, u, ctx) - self.score(phi_b, bias_b, u, ctx)
 
     def reward(self, item_features, user_state=None, item_index=None) -> torch.Tensor:
@@ -214,7 +233,9 @@ class LatentUserModel(PreferenceModel):
 
     def state_margin(self, batch: dict, state: UserState) -> torch.Tensor:
         phi_a, bias_a = self.items(batch["features_a"].to(self.device), batch["item_a"].to(self.device))
-        phi_b, bias_b = self.items(batch["features_b"].to(self.device), batch["item_b"].to(self.device))
+        level = batch.get("level")
+        phi_b, bias_b = self.items(batch["features_b"].to(self.device), batch["item_b"].to(self.device),
+                                   None if level is None else level.to(self.device))
         u = state.vector.to(self.device, phi_a.dtype).expand(len(phi_a), -1)
         ctx = batch.get("context")
         ctx = None if ctx is None else ctx.to(self.device)
@@ -318,7 +339,7 @@ class LatentUserModel(PreferenceModel):
     def _margins_of(self, support: dict):
         """:meth:`support_margins` of a support already on the model's device, under :func:`inference`."""
         phi_a, bias_a = self.items(support["features_a"], support["item_a"])
-        phi_b, bias_b = self.items(support["features_b"], support["item_b"])
+        phi_b, bias_b = self.items(support["features_b"], support["item_b"], support.get("level"))
         ctx = support.get("context")
 
         def margins(u: torch.Tensor) -> torch.Tensor:

@@ -170,3 +170,16 @@ def independent_share(item_a, item_b) -> float:
             parent[rx] = ry
             rank += 1
     return min(1.0, max(rank, 1) / n)  # rank 0 only if every comparison is an item against itself
+
+
+def independent_share_by_user(user, item_a, item_b) -> np.ndarray:
+    """``(n,)`` each row's user's :func:`independent_share` over all of that user's rows (NumPy arrays
+    or tensors of equal length; the same conventions for -1)."""
+    user, a, b = (np.asarray(x.cpu() if hasattr(x, "cpu") else x) for x in (user, item_a, item_b))
+    share = np.ones(len(user))
+    order = np.argsort(user, kind="stable")
+    cuts = np.flatnonzero(np.diff(user[order])) + 1
+    for rows in np.split(order, cuts):
+        if len(rows):
+            share[rows] = independent_share(a[rows], b[rows])
+    return share

@@ -51,6 +51,7 @@ import torch
 from plural.core.likelihood import bradley_terry_nll, preference_probability
 from plural.core.registry import available_models, make_model, model_class, register_model  # noqa: F401
 from plural.core.support import MAX_SUPPORT, check_support  # noqa: F401
+from plural.data.observations import following
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,10 @@ class PreferenceModel(pl.LightningModule):
     """Early stopping waits at least this many epochs without improvement, whatever ``fit`` was
     given: models whose personal part emerges only after a plateau set it."""
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    takes_observations: ClassVar[bool] = False
+    """True for models that learn from absolute observations (votes, ratings) beside comparisons,
+    through thresholds of their items (``plural.core.layers.HybridItems``); built on data with
+    observations (and ``config.use_observations``), they get ``observation_levels_`` > 0."""
     listing_order: ClassVar[float] = 1000.0
     """Where the model comes in ordered listings (``available_models(ordered=True)``, the benchmark's
     default models and so its tables): the zoo counts up from the simplest baselines (10) to the
@@ -176,19 +181,28 @@ class PreferenceModel(pl.LightningModule):
         self.user_contexts_: list[list[str]] | None = None
         self.item_ids_: list[str] = []
         self.context_ids_: list[str] = []
+        self.observation_levels_: int = 0
         self.save_hyperparameters({"model": self.name, "config": dataclasses.asdict(config)})
 
     # ------------------------------------------------------------------ building
     def build(self, feature_dim: int, user_ids: Sequence[str], item_ids: Sequence[str],
               context_ids: Sequence[str] = (), user_counts: Sequence[int] | None = None,
-              user_contexts: Sequence[Sequence[str]] | None = None) -> "PreferenceModel":
+              user_contexts: Sequence[Sequence[str]] | None = None,
+              observation_levels: int = 0) -> "PreferenceModel":
         """Create the layers for items with ``feature_dim`` features, the users ``user_ids`` seen
         in training, the items ``item_ids`` the model may learn identities for, and the contexts
         ``context_ids`` (prompts, topics) it may learn representations for. Optional, one per user:
         ``user_counts``, their numbers of training comparisons (kept as ``user_counts_``), and
-        ``user_contexts``, the ids of the contexts of those comparisons (``user_contexts_``)."""
+        ``user_contexts``, the ids of the contexts of those comparisons (``user_contexts_``).
+        ``observation_levels``: the length of the scale of the observations it learns from (0: none;
+        only for models that take them, :attr:`takes_observations`)."""
         if feature_dim < 1:
             raise ValueError(f"feature_dim must be >= 1, got {feature_dim!r}")
+        if observation_levels and (not self.takes_observations or int(observation_levels) != observation_levels
+                                   or observation_levels < 2):
+            raise ValueError(f"observation_levels must be 0, or >= 2 for a model that takes observations "
+                             f"({type(self).__name__}: {self.takes_observations}); got {observation_levels!r}")
+        self.observation_levels_ = int(observation_levels)
         if user_counts is not None:
             user_counts = [int(c) for c in user_counts]
             if len(user_counts) != len(user_ids) or any(c < 0 for c in user_counts):
@@ -216,7 +230,8 @@ class PreferenceModel(pl.LightningModule):
     def build_for(self, data, train_rows) -> "PreferenceModel":
         """:meth:`build` for a ``PreferenceData``: its feature dimension, the users with comparisons at
         ``train_rows`` (with their numbers of comparisons there and those comparisons' contexts), all
-        its items and contexts."""
+        its items and contexts, and the scale of its observations when some follow ``train_rows`` and
+        the model takes them."""
         rows = np.asarray(train_rows, dtype=np.int64)
         present, counts = np.unique(data.user[rows], return_counts=True)
         contexts, user_contexts = (), None
@@ -227,8 +242,12 @@ class PreferenceModel(pl.LightningModule):
             cuts = np.searchsorted(pairs[:, 0], present)  # pairs are sorted by user, then context
             ends = np.r_[cuts[1:], len(pairs)]
             user_contexts = [[str(contexts[c]) for c in pairs[a:b, 1]] for a, b in zip(cuts, ends)]
+        levels = 0
+        if self.takes_observations and getattr(self.config, "use_observations", False) and \
+                len(following(data, rows)):
+            levels = data.observations.n_levels
         return self.build(data.feature_dim, data.user_ids[present], data.item_ids, contexts, counts.tolist(),
-                          user_contexts)
+                          user_contexts, levels)
 
     def _build(self, feature_dim: int) -> None:
         raise NotImplementedError

@@ -24,7 +24,7 @@ SUPPORT_SEED = 0
 """Seed of the sample that cuts a support down to :data:`MAX_SUPPORT` (the same support always gives
 the same sample)."""
 
-_SUPPORT_INDEX_KEYS = ("item_a", "item_b", "context", "user")
+_SUPPORT_INDEX_KEYS = ("item_a", "item_b", "context", "user", "level")
 _SUPPORT_FEATURE_KEYS = ("features_a", "features_b")
 
 
@@ -64,7 +64,8 @@ def check_support(model: "PreferenceModel", support: dict | None) -> dict | None
     if weight.ndim != 1 or not weight.is_floating_point():
         raise ValueError(f"support weight must be a 1-d float tensor, got shape {tuple(weight.shape)} "
                          f"of {weight.dtype}")
-    sizes = {"item": len(model.item_ids_), "context": len(model.context_ids_), "user": len(model.user_ids_)}
+    sizes = {"item": len(model.item_ids_), "context": len(model.context_ids_), "user": len(model.user_ids_),
+             "level": max(getattr(model, "observation_levels_", 0) - 1, 0)}
     checks = []  # (key, bad-row mask, message for a bad value); tested with one device sync
     for key in ("weight", *_SUPPORT_FEATURE_KEYS, *_SUPPORT_INDEX_KEYS):
         if key not in batch:
@@ -80,8 +81,8 @@ def check_support(model: "PreferenceModel", support: dict | None) -> dict | None
             vocab = key[:-2] if key.startswith("item_") else key
             size = sizes[vocab]
             valid = f"-1 .. {size - 1}" if size else "only -1: it has none"
-            checks.append((key, (t < -1) | (t >= size),
-                           f"is past the model's {vocab} vocabulary (valid: {valid})"))
+            what = "thresholds (observations)" if key == "level" else f"{vocab} vocabulary"
+            checks.append((key, (t < -1) | (t >= size), f"is past the model's {what} (valid: {valid})"))
     checks.append(("label", ~((label == 0) | (label == 0.5) | (label == 1)), "is not one of 0, 0.5, 1"))
     checks.append(("weight", ~torch.isfinite(weight) | (weight < 0), "must be finite and >= 0"))
     for key in _SUPPORT_FEATURE_KEYS:

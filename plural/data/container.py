@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from plural.data.ids import read_ids
+from plural.data.observations import Observations
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class PreferenceData:
         name: a short name for reports.
         meta: free-form provenance, e.g. ``{"dropped_ties": 12}``; converters record here every
             row they drop on purpose, with the reason.
+        observations: optional absolute feedback (votes, ratings) of the same users on the same
+            items (:class:`plural.data.observations.Observations`); shared by every subset, where
+            the observations that count are those following the subset's comparisons.
 
     Example:
         >>> data = PreferenceData.from_records(
@@ -91,6 +95,7 @@ class PreferenceData:
     context_text: np.ndarray | None = None
     name: str = "data"
     meta: dict = dataclasses.field(default_factory=dict)
+    observations: Observations | None = None
 
     def __post_init__(self) -> None:
         self.user_ids = _as_str_array(self.user_ids, "user_ids")
@@ -242,6 +247,8 @@ class PreferenceData:
         if self.context_text is not None and (self.context_ids is None
                                               or len(self.context_text) != len(self.context_ids)):
             raise ValueError("context_text must align with context_ids")
+        if self.observations is not None:
+            self.observations.validate(len(self.user_ids), n_items, n_ctx)
 
     @staticmethod
     def _check_index(idx: np.ndarray, size: int, what: str) -> None:
@@ -266,6 +273,10 @@ class PreferenceData:
         return len(self.item_ids)
 
     @property
+    def n_observations(self) -> int:
+        return 0 if self.observations is None else len(self.observations)
+
+    @property
     def feature_dim(self) -> int | None:
         return None if self.item_features is None else int(self.item_features.shape[1])
 
@@ -273,7 +284,8 @@ class PreferenceData:
         feats = "none" if self.item_features is None else f"{self.feature_dim}-d"
         return (f"PreferenceData(name={self.name!r}, comparisons={self.n_comparisons}, "
                 f"users={self.n_users}, items={self.n_items}, features={feats}, "
-                f"ties={int((self.label == 0.5).sum())})")
+                f"ties={int((self.label == 0.5).sum())}"
+                + (f", observations={self.n_observations}" if self.observations is not None else "") + ")")
 
     # ------------------------------------------------------------------ slicing
     def subset(self, rows: np.ndarray, name: str | None = None) -> "PreferenceData":
@@ -316,6 +328,33 @@ class PreferenceData:
         out = self.subset(keep)
         out.meta = {**self.meta, "dropped_ties": self.meta.get("dropped_ties", 0) + n_dropped}
         return out, n_dropped
+
+    def with_observations(self, users: Sequence, items: Sequence, levels: Sequence, n_levels: int, *,
+                          level_names: Sequence = (), weights: Sequence | None = None,
+                          contexts: Sequence | None = None) -> "PreferenceData":
+        """A copy carrying absolute feedback: one observation per entry of ``users`` and ``items``
+        (ids as in the vocabularies; an unknown one raises naming its row), at ``levels`` (indices
+        into a scale of ``n_levels`` values, lowest first, named by ``level_names``), with optional
+        ``weights`` and ``contexts`` (context ids, None for none)."""
+        users, items = read_ids([("users", users)])[0], read_ids([("items", items)])[0]
+        n = len(users)
+        if len(items) != n or len(levels) != n:
+            raise ValueError(f"observations: users has {n} rows, items {len(items)}, levels {len(levels)}")
+        ctx = None
+        if contexts is not None:
+            if len(contexts) != n:
+                raise ValueError(f"observations: contexts has {len(contexts)} rows but users has {n}")
+            contexts = read_ids([("contexts", contexts)], none_ok=("contexts",))[0]
+            ctx = np.full(n, NO_CONTEXT, np.int64)
+            rows = np.flatnonzero([c is not None for c in contexts])
+            if len(rows):
+                if self.context_ids is None:
+                    raise ValueError("observations name contexts but the data has none")
+                ctx[rows] = _lookup(self.context_ids, contexts[rows], "context", rows)
+        obs = Observations(user=_lookup(self.user_ids, users, "user"), item=_lookup(self.item_ids, items, "item"),
+                           level=np.asarray(levels), n_levels=n_levels, level_names=tuple(level_names),
+                           weight=None if weights is None else np.asarray(weights), context=ctx)
+        return dataclasses.replace(self, observations=obs)
 
     def with_features(self, features: np.ndarray) -> "PreferenceData":
         """A copy whose item table carries ``features`` ``(n_items, d)``."""

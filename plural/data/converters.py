@@ -20,12 +20,13 @@ import hashlib
 import itertools
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from plural.data.container import PreferenceData
+from plural.data.observations import levels_of
 from plural.data.readers import loads_as_written, read_table
 from plural.data.ids import read_ids, show_value
 
@@ -213,6 +214,19 @@ def _build(users, items_a, items_b, labels, *, name: str, meta: dict, item_table
     return data
 
 
+def _attach_observations(data: PreferenceData, users: np.ndarray, items: np.ndarray, levels: np.ndarray,
+                         scale: tuple, contexts: np.ndarray | None = None) -> PreferenceData:
+    """``data`` with the absolute feedback it was made from (:mod:`plural.data.observations`): one
+    observation per row of ``users``/``items`` at ``levels`` of ``scale``. Rows of users with no
+    comparison (they can follow none) are left out and counted in ``meta`` as
+    ``observations_without_comparisons``."""
+    known = pd.Index(data.user_ids).get_indexer(users) >= 0
+    known &= pd.Index(data.item_ids).get_indexer(items) >= 0
+    data.meta["observations_without_comparisons"] = int((~known).sum())
+    return data.with_observations(users[known], items[known], levels[known], len(scale), level_names=scale,
+                                  contexts=None if contexts is None else contexts[known])
+
+
 # ---------------------------------------------------------------------------- converters
 def from_pandas(df: pd.DataFrame, *, user: str = "user_id", item_a: str = "item_a",
                 item_b: str = "item_b", label: str = "label", weight: str | None = None,
@@ -339,7 +353,8 @@ def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_i
                  rating: str = "rating", min_gap: float = 1.0, max_pairs_per_user: int | None = 500,
                  item_table: pd.DataFrame | None = None, item_id: str = "item_id",
                  item_text: str = "text", random_state: int | None = 0,
-                 name: str = "ratings") -> PreferenceData:
+                 name: str = "ratings", observations: bool = True,
+                 scale: Sequence[float] | None = None) -> PreferenceData:
     """Within each user, two items whose ratings differ by at least ``min_gap`` form a comparison
     in which the higher-rated item is preferred; pairs are sampled uniformly among those that
     qualify (never listing them all) and stored in a random orientation.
@@ -351,10 +366,16 @@ def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_i
         max_pairs_per_user: most comparisons per user, or None for all.
         item_table, item_id, item_text, name: as in :func:`from_pandas`.
         random_state: seed for sampling and orientation.
+        observations: keep every rating as an observation on the rating scale as well
+            (:mod:`plural.data.observations`), so models can use each user's level, not only the
+            pairs; False gives the comparisons alone.
+        scale: the rating scale, lowest first (the distinct ratings in ``df`` by default); a rating
+            not on it raises.
 
     Returns:
-        The comparisons; ``meta`` holds ``dropped_duplicate_ratings``, ``pairs_capped`` and
-        ``users_without_pairs``.
+        The comparisons (and observations); ``meta`` holds ``dropped_duplicate_ratings``,
+        ``pairs_capped``, ``users_without_pairs`` and, with observations,
+        ``observations_without_comparisons``.
     """
     if not min_gap > 0:
         raise ValueError(f"min_gap must be > 0, got {min_gap!r}")
@@ -377,9 +398,14 @@ def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_i
             return rows[start[lo] + flat - (ends[lo] - count[lo])], rows[lo]
         return int(ends[-1]), to_rows
 
-    return _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
+    if observations and scale is not None:
+        levels_of(ratings, scale)  # a rating off the given scale raises before any work
+    data = _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
                        name=name, meta={"dropped_duplicate_ratings": int((~keep).sum())},
                        item_table=item_table, item_id=item_id, item_text=item_text)
+    if not observations:
+        return data
+    return _attach_observations(data, users, items, *levels_of(ratings, scale))
 
 
 def _ranking(value: Any, row: int) -> list | np.ndarray:
@@ -447,7 +473,7 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
                vote: str = "vote", group: str | None = None, max_pairs_per_user: int | None = 500,
                item_table: pd.DataFrame | None = None, item_id: str = "item_id",
                item_text: str = "text", random_state: int | None = 0,
-               name: str = "votes") -> PreferenceData:
+               name: str = "votes", observations: bool = True) -> PreferenceData:
     """Agree (+1) / disagree (-1) / pass (0) votes: within a voter, every agreed item is preferred
     over every disagreed item; pairs are sampled and oriented as in :func:`from_ratings`.
 
@@ -461,10 +487,13 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
         max_pairs_per_user: most comparisons per voter, or None for all.
         item_table, item_id, item_text, name: as in :func:`from_pandas`.
         random_state: seed for sampling and orientation.
+        observations: keep every agree / disagree vote as an observation on the two-level scale
+            ``("disagree", "agree")`` as well (:mod:`plural.data.observations`); passes are neither.
 
     Returns:
-        The comparisons; ``meta`` holds ``dropped_duplicate_votes``, ``dropped_pass_votes``,
-        ``pairs_capped`` and ``users_without_pairs``.
+        The comparisons (and observations); ``meta`` holds ``dropped_duplicate_votes``,
+        ``dropped_pass_votes``, ``pairs_capped``, ``users_without_pairs`` and, with observations,
+        ``observations_without_comparisons``.
     """
     df = _frame(df, name)
     _check_columns(df, [user, item, vote, group], "votes")
@@ -490,13 +519,17 @@ def from_votes(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_id"
     data = _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
                        name=name, meta=meta, item_table=item_table, item_id=item_id,
                        item_text=item_text)
-    if groups is None:
+    if groups is not None:
+        # a (namespaced) voter belongs to one group, which is the context of each of their comparisons
+        context_ids, group_code = np.unique(groups, return_inverse=True)
+        voter_group = dict(zip(users, group_code))
+        user_context = np.array([voter_group[u] for u in data.user_ids], dtype=np.int64)
+        data = dataclasses.replace(data, context=user_context[data.user], context_ids=context_ids)
+    if not observations:
         return data
-    # a (namespaced) voter belongs to one group, which is the context of each of their comparisons
-    context_ids, group_code = np.unique(groups, return_inverse=True)
-    voter_group = dict(zip(users, group_code))
-    user_context = np.array([voter_group[u] for u in data.user_ids], dtype=np.int64)
-    return dataclasses.replace(data, context=user_context[data.user], context_ids=context_ids)
+    cast = votes != 0
+    return _attach_observations(data, users[cast], items[cast], (votes[cast] > 0).astype(np.int64),
+                                ("disagree", "agree"), None if groups is None else groups[cast])
 
 
 # ---------------------------------------------------------------------------- files and hubs

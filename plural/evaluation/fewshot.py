@@ -5,6 +5,13 @@ the first k support comparisons and is scored on the episode's query. Accuracy i
 user's draws, then macro-averaged over users; the gain over k=0 is paired on the same episodes (a
 user's draws whose support reaches k, against k=0 on those draws), averaged per user, with a 95%
 interval over users. Adaptation latency is measured per call.
+
+Where the data has observations (votes, ratings) and the model learns from them, a support of k
+comparisons also carries the user's observations of the support's items (the same judgements, on
+the support's half of the user's items), and the curve reports, beside pairwise accuracy on the
+query's comparisons (the headline, comparable with data that has none), ``observation_accuracy``:
+how often the user's observations of the query's items fall on the predicted side of each threshold
+they are compared with (on a two-level scale, the accuracy of predicted votes).
 """
 
 from __future__ import annotations
@@ -43,11 +50,12 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
 
     Returns:
         ``{"curve": [{"k", "accuracy", "log_loss", "n_users", "gain_vs_k0", "gain_ci95",
-        "adapt_ms_median", "adapt_ms_p99"}, ...], "n_episodes"}``.
+        "adapt_ms_median", "adapt_ms_p99"}, ...], "n_episodes"}``; rows gain ``observation_accuracy``
+        (the mean over episodes) where the episodes' queries have observations the model scores.
     """
     model.check_is_fitted()
     adapt_fn = adapt_fn or _default_adapt
-    dataset = ComparisonDataset(data, None, model)
+    dataset = ComparisonDataset(data, None, model, observations=True)
     was_training = model.training
     model.eval()
     # per k: (user, draw) -> accuracy on that episode's query
@@ -55,13 +63,17 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
     probs: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     labels: dict[int, list[np.ndarray]] = {k: [] for k in ks}
     latency: dict[int, list[float]] = {k: [] for k in ks}
+    observed: dict[int, list[float]] = {k: [] for k in ks}  # threshold rows on the predicted side
     for ep in episodes:
         query = batch_to(dataset.__getitems__(ep.query), model.device)
         y = data.label[ep.query]
+        query_obs = dataset.observations_of(ep.query)
+        if len(query_obs):
+            query_obs = batch_to(dataset.__getitems__(query_obs), model.device)
         for k in ks:
             if k > len(ep.support_pool):
                 continue
-            support = batch_to(dataset.__getitems__(ep.support(k)), model.device)
+            support = batch_to(dataset.__getitems__(dataset.with_observations(ep.support(k))), model.device)
             start = time.perf_counter()
             state = adapt_fn(model, support)
             latency[k].append(time.perf_counter() - start)
@@ -71,6 +83,9 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
                 acc[k][(ep.user, ep.draw)] = a
                 probs[k].append(p)
                 labels[k].append(y)
+            if len(query_obs):
+                p_obs = torch.sigmoid(model.state_margin(query_obs, state)).float().cpu().numpy()
+                observed[k].append(pairwise_accuracy(p_obs, query_obs["label"].cpu().numpy()))
     model.train(was_training)
     base = acc[ks[0]] if ks else {}
     curve = []
@@ -88,6 +103,8 @@ def few_shot_curve(model: PreferenceModel, data: PreferenceData, episodes: Seque
             half = 1.96 * diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
             row["gain_vs_k0"] = float(diff.mean())
             row["gain_ci95"] = [float(diff.mean() - half), float(diff.mean() + half)]
+        if observed[k]:
+            row["observation_accuracy"] = float(np.nanmean(observed[k]))
         lat = np.asarray(latency[k]) * 1e3
         row["adapt_ms_median"] = float(np.median(lat))
         row["adapt_ms_p99"] = float(np.percentile(lat, 99))

@@ -77,7 +77,8 @@ def save_model(model: PreferenceModel, path: str | os.PathLike, extra: dict[str,
         "extra": extra or {},
     }
     vocab = {"user_ids": model.user_ids_, "item_ids": model.item_ids_, "context_ids": model.context_ids_,
-             "user_counts": model.user_counts_, "user_contexts": model.user_contexts_}
+             "user_counts": model.user_counts_, "user_contexts": model.user_contexts_,
+             "observation_levels": model.observation_levels_}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     texts = {CONFIG: json.dumps(config, indent=2), VOCAB: json.dumps(vocab)}  # fail before any file is written
 
@@ -216,7 +217,7 @@ def load_model(path: str | os.PathLike, model: type[PreferenceModel] | Preferenc
         instance = cls(cfg)
     try:
         instance.build(config["feature_dim"], user_ids, item_ids, context_ids, vocab.get("user_counts"),
-                       vocab.get("user_contexts"))
+                       vocab.get("user_contexts"), vocab.get("observation_levels", 0))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}/vocab.json does not describe this model: {err}") from None
     try:

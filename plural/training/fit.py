@@ -53,9 +53,13 @@ class PreferenceDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-        self.train_set = ComparisonDataset(data, train_rows, model)
+        self.train_set = ComparisonDataset(data, train_rows, model, observations=True)
         self.val_set = None if val_rows is None or len(val_rows) == 0 else \
-            ComparisonDataset(data, val_rows, model)
+            ComparisonDataset(data, val_rows, model, observations=True)
+        if getattr(model.config, "temper_training", False):
+            for dataset in (self.train_set, self.val_set):
+                if dataset is not None:
+                    dataset.temper_by_user()
         self.batch_size = batch_size
         self.random_state = random_state
 
@@ -272,6 +276,7 @@ def fit(
         "max_epochs": int(max_epochs),
         "best_val_loss": None if restore is None else restore.best_score,
         "n_train": int(len(train_rows)),
+        "n_train_observation_rows": int(len(dm.train_set) - dm.train_set.n_pairs),
         "n_val": int(len(val_rows)),
         "seconds": seconds,
         "device": str(trainer.strategy.root_device),

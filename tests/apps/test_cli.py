@@ -74,6 +74,32 @@ def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
         app(["bench", "--data", "x.csv", "--column", "no_equals_sign"], standalone_mode=True)
 
 
+def test_bench_learns_from_a_ratings_files_ratings_and_takes_model_settings(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    ratings = pd.DataFrame([(f"p{u}", f"film{i}", int(rng.integers(1, 6)))
+                            for u in range(40) for i in rng.choice(30, 20, replace=False)],
+                           columns=["user_id", "item_id", "rating"])
+    ratings.to_csv(tmp_path / "stars.csv", index=False)
+    pd.DataFrame({"item_id": [f"film{i}" for i in range(30)], "text": [f"a film, number {i}" for i in range(30)]}
+                 ).to_csv(tmp_path / "films.csv", index=False)
+    result = runner.invoke(app, ["bench", "--quick", "--data", str(tmp_path / "stars.csv"), "--kind", "ratings",
+                                 "--column", f"item_table={tmp_path / 'films.csv'}", "--models", "low_rank", "--set", "low_rank.n_components=2", "--max-unseen-users",
+                                 "6", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "Observations (votes, ratings)" in result.output  # the stars, on their 1-5 scale
+    record = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert record["config"]["model_options"] == {"low_rank": {"n_components": 2}}
+    fit = record["datasets"]["stars"]["runs"][0]["models"]["low_rank"]["fit"]
+    assert fit["n_train_observation_rows"] > 0
+    for bad, message in (("low_rank.n_component=2", "no config field 'n_component'"),
+                         ("vpl.beta=1", "not among the benched models"), ("low_rank=2", "MODEL.FIELD=VALUE")):
+        result = runner.invoke(app, ["bench", "--quick", "--models", "low_rank", "--set", bad])
+        assert result.exit_code != 0 and message in result.output, result.output
+
+
 # ---------------------------------------------------------------------------- errors are one line
 def test_library_errors_are_one_line_on_stderr(tmp_path, capsys, monkeypatch):
     from apps.cli import main

@@ -178,7 +178,7 @@ def test_from_ratings_pairs_and_meta(ratings):
     assert _winners(data) == {("ann", "a", "b"), ("ann", "a", "c"), ("ann", "b", "c"),
                               ("ann", "d", "c"), ("cat", "b", "a")}
     assert data.meta == {"dropped_duplicate_ratings": 0, "pairs_capped": 0,
-                         "users_without_pairs": 1, **NO_REPEATS}
+                         "users_without_pairs": 1, "observations_without_comparisons": 2, **NO_REPEATS}
 
 
 def test_from_ratings_min_gap(ratings):
@@ -299,7 +299,7 @@ def test_from_votes_pairs_pass_drop_and_namespacing(votes):
     data = from_votes(votes, group="conv")
     assert _winners(data) == {("c1/ann", "x", "y"), ("c1/ann", "x", "z"), ("c2/ann", "p", "r")}
     assert data.meta == {"dropped_duplicate_votes": 0, "dropped_pass_votes": 3, "pairs_capped": 0,
-                         "users_without_pairs": 1, **NO_REPEATS}
+                         "users_without_pairs": 1, "observations_without_comparisons": 1, **NO_REPEATS}
     flat = from_votes(votes)  # without the group column, ann is one voter across conversations
     assert flat.user_ids.tolist() == ["ann"] and len(flat) == 6
 
