@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from plural.core.likelihood import independent_share_by_user
+from plural.core.likelihood import graph_items, independent_share_by_user
 from plural.data.container import PreferenceData
 from plural.data.observations import following, threshold_rows
 
@@ -122,11 +122,8 @@ class ComparisonDataset(torch.utils.data.Dataset):
         one node per threshold."""
         t = self.tensors
         # the graph is over the data's items (the model's -1 would make every unknown item distinct)
-        item_a, item_b = self.data_item_a.clone(), self.data_item_b.clone()
-        if "level" in t:
-            is_threshold = t["level"] >= 0
-            item_b[is_threshold] = (1 << 40) + t["level"][is_threshold]
-        share = independent_share_by_user(t["user"], item_a, item_b)
+        item_b = graph_items(self.data_item_b, t["level"]) if "level" in t else self.data_item_b
+        share = independent_share_by_user(t["user"], self.data_item_a, item_b)
         t["weight"] = t["weight"] * torch.from_numpy(share.astype(np.float32))
 
     @property

@@ -23,7 +23,7 @@ from torch import nn
 
 from plural.core.laplace import gauss_newton_map
 from plural.core.layers import HybridItems
-from plural.core.likelihood import independent_share
+from plural.core.likelihood import graph_items, independent_share
 from plural.core.model import ModelConfig, PreferenceModel, RetrievalForm, UserState
 
 
@@ -95,10 +95,6 @@ class LatentConfig(ModelConfig):
             raise ValueError(f"adapt_steps must be >= 0, got {self.adapt_steps!r}")
 
 
-_THRESHOLD_NODE = 1 << 40
-"""Where the thresholds' indices start in the comparison graph of :func:`support_weight`."""
-
-
 def support_weight(support: dict, temper: bool = True) -> torch.Tensor:
     """``(k,)`` likelihood weights of a new user's support: its comparison weights, times their
     independent share (``plural.core.likelihood.independent_share``) when ``temper``. The rows that
@@ -108,9 +104,7 @@ def support_weight(support: dict, temper: bool = True) -> torch.Tensor:
     weight = support["weight"]
     if not temper:
         return weight
-    item_b = support["item_b"]
-    if "level" in support:
-        item_b = torch.where(support["level"] >= 0, _THRESHOLD_NODE + support["level"], item_b)
+    item_b = graph_items(support["item_b"], support["level"]) if "level" in support else support["item_b"]
     return weight * independent_share(support["item_a"], item_b)
 
 

@@ -172,6 +172,16 @@ def independent_share(item_a, item_b) -> float:
     return min(1.0, max(rank, 1) / n)  # rank 0 only if every comparison is an item against itself
 
 
+THRESHOLD_NODE = 1 << 40
+"""Where thresholds start in the comparison graph of :func:`independent_share` (``graph_items``): an
+observation's row compares its item with a threshold, one node per threshold."""
+
+
+def graph_items(item_b, level):
+    """``item_b`` with each threshold row (``level`` >= 0) naming its threshold's node (tensors)."""
+    return torch.where(level >= 0, THRESHOLD_NODE + level, item_b)
+
+
 def independent_share_by_user(user, item_a, item_b) -> np.ndarray:
     """``(n,)`` each row's user's :func:`independent_share` over all of that user's rows (NumPy arrays
     or tensors of equal length; the same conventions for -1)."""
