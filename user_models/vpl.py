@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 
 ENCODE_CHUNK = 16384
 """Comparisons per encoder pass when encoding every training user."""
-_TRAIN_KEYS = ("indptr", "features", "item_of_row", "row_a", "row_b", "label", "weight")
+_TRAIN_KEYS = ("indptr", "features", "item_of_row", "row_a", "row_b", "label", "weight", "threshold_row")
 
 
 @dataclasses.dataclass
@@ -136,13 +136,16 @@ class VPL(LatentUserModel):
 
     name = "vpl"
     config_class = VPLConfig
-    takes_observations = False  # its encoder reads a user's comparisons only (not yet their votes)
+    takes_observations = True
+    """Votes and ratings reach VPL's reward as threshold comparisons, as for the other latent models,
+    and its encoder reads them as comparisons of the item with the thresholds' shared representation
+    (which threshold, on a scale of more than two levels, the encoder does not see)."""
     listing_order = 80
 
     def _build(self, feature_dim: int) -> None:
         cfg = self.config
         h, k = cfg.item_dim, cfg.n_components
-        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg)
+        self.items = HybridItems.from_config(feature_dim, len(self.item_ids_), cfg, self.observation_levels_)
         self.population_weight = nn.Parameter(torch.randn(h) / h ** 0.5)
         self.personal_map = nn.Parameter(torch.randn(k, h) / h ** 0.5)
         self.encoder = SetEncoder(h, cfg.encoder_hidden, k, cfg.context_size, cfg.dropout,
@@ -210,7 +213,7 @@ class VPL(LatentUserModel):
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (K,), std (K,))`` of the posterior over z given all comparisons of ``batch``."""
         phi_a, _ = self.items(batch["features_a"], batch.get("item_a"))
-        phi_b, _ = self.items(batch["features_b"], batch.get("item_b"))
+        phi_b, _ = self.items(batch["features_b"], batch.get("item_b"), batch.get("level"))
         label = batch["label"]
         weight = batch.get("weight", torch.ones_like(label))
         segment = torch.zeros(len(label), dtype=torch.long, device=phi_a.device)
@@ -257,7 +260,10 @@ class VPL(LatentUserModel):
         item_of_row = torch.full((len(train_set.features),), -1, dtype=torch.long)
         item_of_row[train_set.data_item_a] = t["item_a"]
         item_of_row[train_set.data_item_b] = t["item_b"]
+        # threshold rows all read one feature row (zero features), whose phi is the thresholds'
+        threshold_row = train_set.data_item_b[t["level"] >= 0] if "level" in t else train_set.data_item_b[:0]
         self._set_training_index({
+            "threshold_row": threshold_row[:1],
             "indptr": torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
             "features": train_set.features, "item_of_row": item_of_row,
             "row_a": train_set.data_item_a[rows], "row_b": train_set.data_item_b[rows],
@@ -275,7 +281,10 @@ class VPL(LatentUserModel):
         rows = torch.cat([self.train_row_a_[positions], self.train_row_b_[positions]])
         distinct, inverse = torch.unique(rows, return_inverse=True)
         features = self.train_features_[distinct]
-        phi, _ = self.items(features, self.train_item_of_row_[distinct])
+        level = None
+        if len(self.train_threshold_row_):  # the thresholds' row: level 0 puts their representation there
+            level = torch.where(distinct == self.train_threshold_row_[0], 0, -1)
+        phi, _ = self.items(features, self.train_item_of_row_[distinct], level)
         phi_a, phi_b = phi[inverse].chunk(2)
         x_a, x_b = (features[inverse].chunk(2) if self.encoder.feature_map is not None else (None, None))
         return self.encoder(phi_a, phi_b, self.train_label_[positions], self.train_weight_[positions],
@@ -324,7 +333,7 @@ class VPL(LatentUserModel):
     def _pyro_model(self, batch: dict, slot: torch.Tensor, posterior: _Posterior | None) -> None:
         """z ~ N(0, I) for each user of the batch; labels ~ Bernoulli(sigmoid(r(a, z) - r(b, z)))."""
         phi_a, bias_a = self.items(batch["features_a"], batch["item_a"])
-        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"])
+        phi_b, bias_b = self.items(batch["features_b"], batch["item_b"], batch.get("level"))
         z = phi_a.new_zeros(1, self.user_dim)  # the last row: users the model has no index for
         if posterior is not None:
             with pyro.plate("users", len(posterior.mean), dim=-2), \

@@ -50,18 +50,22 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "curves_synthetic_mixture.png").is_file()
 
 
-def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
+def write_ratings(folder, name, columns, n_users, n_films, per_user, seed):
+    """A ratings file (1-5 stars, ``columns`` = user, item, rating names) and ``films.csv`` (film, title)."""
     import numpy as np
     import pandas as pd
 
-    rng = np.random.default_rng(0)
-    ratings = pd.DataFrame([(f"person{u}", f"film{i}", int(rng.integers(1, 6)))
-                            for u in range(30) for i in rng.choice(24, 16, replace=False)],
-                           columns=["who", "what", "stars"])
-    ratings.to_csv(tmp_path / "my_ratings.csv", index=False)
-    pd.DataFrame({"film": [f"film{i}" for i in range(24)],
-                  "title": [f"a film about topic {i % 5}, number {i}" for i in range(24)]}
-                 ).to_csv(tmp_path / "films.csv", index=False)
+    rng = np.random.default_rng(seed)
+    pd.DataFrame([(f"person{u}", f"film{i}", int(rng.integers(1, 6)))
+                  for u in range(n_users) for i in rng.choice(n_films, per_user, replace=False)],
+                 columns=columns).to_csv(folder / name, index=False)
+    pd.DataFrame({"film": [f"film{i}" for i in range(n_films)],
+                  "title": [f"a film about topic {i % 5}, number {i}" for i in range(n_films)]}
+                 ).to_csv(folder / "films.csv", index=False)
+
+
+def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
+    write_ratings(tmp_path, "my_ratings.csv", ["who", "what", "stars"], 30, 24, 16, seed=0)
     result = runner.invoke(app, ["bench", "--quick", "--data", str(tmp_path / "my_ratings.csv"), "--kind", "ratings",
                                  "--column", "user=who", "--column", "item=what", "--column", "rating=stars",
                                  "--column", f"item_table={tmp_path / 'films.csv'}", "--column", "item_id=film",
@@ -75,19 +79,12 @@ def test_bench_reads_a_users_own_ratings_file_with_named_columns(tmp_path):
 
 
 def test_bench_learns_from_a_ratings_files_ratings_and_takes_model_settings(tmp_path):
-    import numpy as np
-    import pandas as pd
-
-    rng = np.random.default_rng(1)
-    ratings = pd.DataFrame([(f"p{u}", f"film{i}", int(rng.integers(1, 6)))
-                            for u in range(40) for i in rng.choice(30, 20, replace=False)],
-                           columns=["user_id", "item_id", "rating"])
-    ratings.to_csv(tmp_path / "stars.csv", index=False)
-    pd.DataFrame({"item_id": [f"film{i}" for i in range(30)], "text": [f"a film, number {i}" for i in range(30)]}
-                 ).to_csv(tmp_path / "films.csv", index=False)
+    write_ratings(tmp_path, "stars.csv", ["user_id", "item_id", "rating"], 40, 30, 20, seed=1)
     result = runner.invoke(app, ["bench", "--quick", "--data", str(tmp_path / "stars.csv"), "--kind", "ratings",
-                                 "--column", f"item_table={tmp_path / 'films.csv'}", "--models", "low_rank", "--set", "low_rank.n_components=2", "--max-unseen-users",
-                                 "6", "--out", str(tmp_path / "out")])
+                                 "--column", f"item_table={tmp_path / 'films.csv'}", "--column", "item_id=film",
+                                 "--column", "item_text=title", "--models", "low_rank",
+                                 "--set", "low_rank.n_components=2", "--max-unseen-users", "6",
+                                 "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "Observations (votes, ratings)" in result.output  # the stars, on their 1-5 scale
     record = json.loads((tmp_path / "out" / "results.json").read_text())

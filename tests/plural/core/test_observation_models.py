@@ -55,8 +55,7 @@ def test_a_model_built_on_votes_trains_on_them_and_says_so(camps, trained):
     assert model.observation_levels_ == 2 and model.items.n_thresholds == 1
     assert model.fit_report_["n_train_observation_rows"] > 0
     assert make_model("low_rank", use_observations=False, **SMALL).build_for(camps, np.arange(100)).observation_levels_ == 0
-    for name in ("bradley_terry", "vpl"):  # models that read comparisons only are built without thresholds
-        assert make_model(name).build_for(camps, np.arange(100)).observation_levels_ == 0
+    assert make_model("bradley_terry").build_for(camps, np.arange(100)).observation_levels_ == 0  # pairs only
     plain = ComparisonDataset(camps, np.arange(50), model)
     served = ComparisonDataset(camps, np.arange(50), model, observations=True)
     assert len(plain) == 50 and "level" not in plain.all()
@@ -163,3 +162,16 @@ def test_tempered_training_weighs_each_users_pairs_and_votes_as_their_judgements
         assert m > 30 and int((mine & (tempered.tensors["level"] >= 0)).sum()) == m
         assert float(plain.tensors["weight"][mine].sum()) == pytest.approx(60 + m)
         assert float(tempered.tensors["weight"][mine].sum()) == pytest.approx(m, rel=1e-5)
+
+
+def test_vpl_trains_on_votes_and_its_encoder_reads_them(camps):
+    model = make_model("vpl", **SMALL).fit(camps, max_epochs=2, batch_size=256, show_progress=False)
+    assert model.observation_levels_ == 2 and model.fit_report_["n_train_observation_rows"] > 0
+    dataset = ComparisonDataset(camps, None, model, observations=True)
+    support = dataset.__getitems__(dataset.with_observations(np.flatnonzero(camps.user == 0)[:4]))
+    votes = support["level"] >= 0
+    flipped = dict(support, label=torch.where(votes, 1 - support["label"], support["label"]))
+    pairs_only = {k: v[~votes] for k, v in support.items()}
+    state, other, without = model.adapt(support), model.adapt(flipped), model.adapt(pairs_only)
+    assert not torch.allclose(state.vector, other.vector, atol=1e-6)  # the votes reach the encoder
+    assert not torch.allclose(state.vector, without.vector, atol=1e-6)
