@@ -91,7 +91,21 @@ def with_prompts(data: PreferenceData, encoder=None) -> PreferenceData:
         user_ids=data.user_ids, item_ids=np.asarray(ids, dtype=object), user=data.user,
         item_a=inverse[:n], item_b=inverse[n:], label=data.label, weight=data.weight, context=data.context,
         item_text=data.item_text[distinct[:, 1]], item_features=features, context_ids=data.context_ids,
-        context_text=data.context_text, name=data.name, meta=meta)
+        context_text=data.context_text, name=data.name, meta=meta,
+        observations=_observations_in_context(data.observations, distinct))
+
+
+def _observations_in_context(obs, distinct: np.ndarray):
+    """``obs`` on the prompt-aware items ``distinct`` (``(context, item)`` rows): an observation of an
+    item in a context is one of that (prompt, response) item; one whose pair no comparison uses
+    follows no comparison and is left out."""
+    if obs is None:
+        return None
+    index = {(int(c), int(i)): row for row, (c, i) in enumerate(distinct.tolist())}
+    item = np.array([index.get((int(c), int(i)), -1) for c, i in zip(obs.context, obs.item)], dtype=np.int64)
+    kept = obs.take(np.flatnonzero(item >= 0))
+    kept.item = item[item >= 0]
+    return kept
 
 
 def encode_in_context(spec: dict, responses: Sequence[str], prompts: Sequence[str | None] | None = None,

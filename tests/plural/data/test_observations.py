@@ -94,3 +94,22 @@ def test_the_container_refuses_bad_observations_naming_the_row():
     kept = data.subset([0])
     assert kept.observations is data.observations  # a subset shares them; following picks its own
     assert isinstance(kept, PreferenceData) and "observations=5" in repr(data)
+
+
+def test_prompt_aware_items_keep_each_observation_on_its_prompt_and_response():
+    import dataclasses
+
+    from plural.data.prompts import with_prompts
+
+    df = _votes().assign(conversation=["x"] * 3 + ["y"] * 6)
+    items = pd.DataFrame({"item_id": ["a", "b", "c"], "text": ["apples", "bananas", "cherries"]})
+    data = from_votes(df, group="conversation", max_pairs_per_user=None, item_table=items)
+    data = dataclasses.replace(data, context_text=np.array(["about x", "about y"], dtype=object))
+    aware = with_prompts(data)
+    obs, before = aware.observations, data.observations
+    assert len(obs) == len(before)
+    got = sorted((aware.user_ids[u], aware.item_ids[i], int(lv)) for u, i, lv in zip(obs.user, obs.item, obs.level))
+    want = sorted((data.user_ids[u], f"{data.context_ids[c]}\x1f{data.item_ids[i]}", int(lv))
+                  for u, i, c, lv in zip(before.user, before.item, before.context, before.level))
+    assert got == want
+    assert len(following(aware)) == len(obs)
