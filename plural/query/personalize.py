@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import torch
 
-from plural.core.laplace import MAX_HALVINGS, LinearMargins, stable_sigmoid, warn_step_limit
+from plural.core.laplace import MAX_HALVINGS, stable_sigmoid, warn_step_limit
 from plural.core.likelihood import label_log_likelihood, score_and_information
 from plural.core.latent import inference, support_weight
 from plural.core.model import PreferenceModel, UserState
@@ -28,13 +28,6 @@ from plural.query.store import UserStore, model_fingerprint
 from plural.query.store_files import StoreError
 
 logger = logging.getLogger(__name__)
-
-RELINEARIZE_STEPS = 5
-"""For margins not linear in ``u`` (``ideal_point``), how many times :func:`personalize` linearizes
-them again at the mixture posterior's mean and solves anew (it stops earlier once the mean moves by
-less than 1e-6). Linearized once, at the population, a support of dozens of comparisons and votes
-moved ``ideal_point``'s posterior far enough from it that the answer fell behind plain ``adapt``,
-which re-linearizes at every Gauss-Newton step."""
 
 MIN_CONTEXT_USERS = 10
 """Fewest stored users of a context for :func:`personalize` to build the prior from them alone."""
@@ -192,19 +185,9 @@ def personalize(model: PreferenceModel, store: UserStore, support: dict | None, 
                                  np.broadcast_to(pop_precision / bandwidth ** 2, (len(ids), k, k))])
     log_det_cov = -np.linalg.slogdet(pop_precision)[1] + np.concatenate(
         [[0.0], np.full(len(ids), 2 * k * np.log(bandwidth))])
-    # margins are linear in u for low_rank; otherwise they are linearized at the population, then
-    # again at the posterior mean until it settles
+    # margins are linear in u for low_rank; otherwise this linearises them at the population
     mean, cov, post = _mixture_posterior(m0, jac, label, weight, centres, precisions, log_det_cov, log_mass,
                                          model.config.adapt_steps, noise_rate=model.likelihood_noise_rate)
-    for _ in range(0 if isinstance(fn, LinearMargins) else RELINEARIZE_STEPS):
-        with inference(model):
-            m_at, jac = (t.double().cpu().numpy() for t in fn(torch.from_numpy(mean).to(model.device)))
-        moved = mean
-        mean, cov, post = _mixture_posterior(m_at - jac @ mean, jac, label, weight, centres, precisions, log_det_cov,
-                                             log_mass, model.config.adapt_steps,
-                                             noise_rate=model.likelihood_noise_rate)
-        if np.abs(mean - moved).max() < 1e-6:
-            break
     state = UserState(vector=torch.from_numpy(mean).float(), covariance=torch.from_numpy(cov).float(),
                       n_comparisons=n)
     if return_neighbors:

@@ -88,36 +88,6 @@ def test_ideal_point_goes_through_the_store_too(setup):
     assert torch.isfinite(state.vector).all() and torch.linalg.eigvalsh(state.covariance).min() > 0
 
 
-def test_for_margins_not_linear_in_u_personalize_solves_the_posterior_it_states(setup, monkeypatch):
-    """ideal_point's margins are not linear in u: personalize linearizes them again at its posterior
-    mean, so with all prior mass on the population it reaches the log-posterior's maximum at least
-    as well as adapt's Gauss-Newton does, on a support that moves the user far from the population;
-    linearized once, at u = 0, it stops short of it."""
-    from plural.core.latent import support_weight
-    from plural.core.likelihood import label_log_likelihood
-    from plural.core.model import UserState
-
-    _, data, _, episodes = setup
-    model = make_model("ideal_point", hidden_dim=16, n_components=2, item_dim=4).fit(
-        data, max_epochs=6, show_progress=False)
-    store = build_user_store(model)
-    support = comparison_batch(data, episodes[0].support_pool, model)
-    _, _, precision = model.adaptation_prior()
-    weight = support_weight(support).double()
-
-    def log_posterior(state):
-        u = state.vector.double()
-        margin = model.state_margin(support, UserState(vector=u.float())).double()
-        return float((weight * label_log_likelihood(margin, support["label"].double())).sum() - 0.5 * u @ precision @ u)
-
-    plain = model.adapt(support)
-    assert float(plain.vector.norm()) > 0.1  # far enough from u = 0 for the linearization to matter
-    solved = log_posterior(personalize(model, store, support, shrinkage=1.0, check_fingerprint=False))
-    monkeypatch.setattr(adapt, "RELINEARIZE_STEPS", 0)
-    once = log_posterior(personalize(model, store, support, shrinkage=1.0, check_fingerprint=False))
-    assert solved >= log_posterior(plain) - 1e-6 and solved > once + 1e-3
-
-
 @pytest.mark.parametrize("noise_rate", [0.0, 0.25])
 def test_all_prior_mass_on_the_population_is_plain_adapt(setup, noise_rate):
     # one mixture component, the population prior: the batched mixture posterior must then be the
