@@ -261,9 +261,10 @@ class VPL(LatentUserModel):
         item_of_row[train_set.data_item_a] = t["item_a"]
         item_of_row[train_set.data_item_b] = t["item_b"]
         # threshold rows all read one feature row (zero features), whose phi is the thresholds'
-        threshold_row = train_set.data_item_b[t["level"] >= 0] if "level" in t else train_set.data_item_b[:0]
+        row = train_set.threshold_feature_row
+        threshold_row = torch.tensor([] if row is None else [row], dtype=torch.long)
         self._set_training_index({
-            "threshold_row": threshold_row[:1],
+            "threshold_row": threshold_row,
             "indptr": torch.cat([counts.new_zeros(1), counts.cumsum(0)]),
             "features": train_set.features, "item_of_row": item_of_row,
             "row_a": train_set.data_item_a[rows], "row_b": train_set.data_item_b[rows],

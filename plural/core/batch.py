@@ -21,7 +21,7 @@ import torch
 
 from plural.core.likelihood import graph_items, independent_share_by_user
 from plural.data.container import PreferenceData
-from plural.data.observations import following, threshold_rows
+from plural.data.observations import compared_keys, following, threshold_rows, user_item_keys
 
 
 def _remap(lookup, ids: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -66,9 +66,11 @@ class ComparisonDataset(torch.utils.data.Dataset):
         self.data_item_b = torch.from_numpy(data.item_b[rows])
         user_codes = model.user_index if built else None
         item_codes = model.item_index if built and not same_items else None
+        context_table = None  # the model's index of each of the data's contexts, then -1 (no context)
         if built and data.context_ids is not None:
-            table = np.append(_remap(model.context_index, data.context_ids, np.arange(len(data.context_ids))), -1)
-            context = table[data.context[rows]]  # index -1 (no context) reads the appended -1
+            context_table = np.append(_remap(model.context_index, data.context_ids,
+                                             np.arange(len(data.context_ids))), -1)
+            context = context_table[data.context[rows]]  # index -1 (no context) reads the appended -1
         else:
             context = np.full(len(rows), -1, np.int64) if model is not None else data.context[rows]
         self.tensors = {
@@ -84,18 +86,15 @@ class ComparisonDataset(torch.utils.data.Dataset):
         levels = getattr(model, "observation_levels_", 0) if built and observations else 0
         obs_rows = following(data, rows) if levels else np.empty(0, np.int64)
         if len(obs_rows):
-            self._add_observations(data, rows, obs_rows, levels, user_codes, item_codes, model)
+            self._add_observations(data, rows, obs_rows, levels, user_codes, item_codes, context_table)
 
-    def _add_observations(self, data, rows, obs_rows, levels, user_codes, item_codes, model) -> None:
+    def _add_observations(self, data, rows, obs_rows, levels, user_codes, item_codes, context_table) -> None:
         obs = data.observations.take(obs_rows)
         if obs.n_levels != levels:
             raise ValueError(f"{data.name}: observations on a scale of {obs.n_levels} levels; the model "
                              f"was trained on a scale of {levels}")
         source, threshold, label = threshold_rows(obs.level, obs.n_levels)
-        context = obs.context[source]
-        if data.context_ids is not None:
-            table = np.append(_remap(model.context_index, data.context_ids, np.arange(len(data.context_ids))), -1)
-            context = table[context]
+        context = obs.context[source] if context_table is None else context_table[obs.context[source]]
         m = len(source)
         extra = {
             "user": _remap(user_codes, data.user_ids, obs.user[source]),
@@ -110,11 +109,10 @@ class ComparisonDataset(torch.utils.data.Dataset):
         self.data_item_a = torch.cat([self.data_item_a, torch.from_numpy(obs.item[source])])
         self.data_item_b = torch.cat([self.data_item_b, torch.full((m,), data.n_items, dtype=torch.long)])
         # (user, item) key of each threshold row, sorted, to find the observations of given comparisons
-        n_items = np.int64(data.n_items)
-        keys = obs.user[source] * n_items + obs.item[source]
+        keys = user_item_keys(data, obs.user[source], obs.item[source])
         order = np.argsort(keys, kind="stable")
         self._observation_keys, self._observation_order = keys[order], order + self.n_pairs
-        self._pair_keys = (data.user[rows] * n_items + data.item_a[rows], data.user[rows] * n_items + data.item_b[rows])
+        self._pair_keys = compared_keys(data, rows)
 
     def temper_by_user(self) -> None:
         """Multiply each row's weight by its user's independent share over the rows served here
@@ -129,6 +127,12 @@ class ComparisonDataset(torch.utils.data.Dataset):
     @property
     def has_observations(self) -> bool:
         return len(self._observation_keys) > 0
+
+    @property
+    def threshold_feature_row(self) -> int | None:
+        """The row of ``features`` every threshold row reads (a zero row after the items'); None
+        without observations."""
+        return len(self.features) - 1 if self.has_observations else None
 
     def observations_of(self, positions) -> np.ndarray:
         """Positions of the threshold rows of the observations following the comparisons at

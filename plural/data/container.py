@@ -49,6 +49,16 @@ def _lookup(vocab: np.ndarray, values: Sequence[str], what: str,
     return out
 
 
+def _context_codes(contexts: np.ndarray, context_ids: np.ndarray | None) -> np.ndarray:
+    """Indices into ``context_ids`` of ``contexts`` (ids as read, None for no context: -1); an unknown
+    id raises naming its row."""
+    ctx = np.full(len(contexts), NO_CONTEXT, np.int64)
+    rows = np.flatnonzero([c is not None for c in contexts])
+    if len(rows):
+        ctx[rows] = _lookup(context_ids, contexts[rows], "context", rows)
+    return ctx
+
+
 @dataclasses.dataclass(eq=False)
 class PreferenceData:
     """Pairwise preferences tagged with who made them.
@@ -186,11 +196,7 @@ class PreferenceData:
             context_ids = _as_str_array(context_ids[0] if context_ids else
                                         sorted({c for c in contexts if c is not None}),
                                         "context_ids")
-            present = np.array([c is not None for c in contexts], dtype=bool)
-            ctx = np.full(n, NO_CONTEXT, np.int64)
-            if present.any():
-                rows = np.flatnonzero(present)
-                ctx[rows] = _lookup(context_ids, contexts[rows], "context", rows)
+            ctx = _context_codes(contexts, context_ids)
         weight = None if weights is None else np.asarray(weights, dtype=np.float32)
         return cls(
             user_ids=user_ids,
@@ -345,12 +351,9 @@ class PreferenceData:
             if len(contexts) != n:
                 raise ValueError(f"observations: contexts has {len(contexts)} rows but users has {n}")
             contexts = read_ids([("contexts", contexts)], none_ok=("contexts",))[0]
-            ctx = np.full(n, NO_CONTEXT, np.int64)
-            rows = np.flatnonzero([c is not None for c in contexts])
-            if len(rows):
-                if self.context_ids is None:
-                    raise ValueError("observations name contexts but the data has none")
-                ctx[rows] = _lookup(self.context_ids, contexts[rows], "context", rows)
+            if self.context_ids is None and any(c is not None for c in contexts):
+                raise ValueError("observations name contexts but the data has none")
+            ctx = _context_codes(contexts, self.context_ids)
         obs = Observations(user=_lookup(self.user_ids, users, "user"), item=_lookup(self.item_ids, items, "item"),
                            level=np.asarray(levels), n_levels=n_levels, level_names=tuple(level_names),
                            weight=None if weights is None else np.asarray(weights), context=ctx)

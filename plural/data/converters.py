@@ -398,14 +398,14 @@ def from_ratings(df: pd.DataFrame, *, user: str = "user_id", item: str = "item_i
             return rows[start[lo] + flat - (ends[lo] - count[lo])], rows[lo]
         return int(ends[-1]), to_rows
 
-    if observations and scale is not None:
-        levels_of(ratings, scale)  # a rating off the given scale raises before any work
+    # on a given scale, a rating off it raises before any work; the default scale needs a pair first
+    scaled = levels_of(ratings, scale) if observations and scale is not None else None
     data = _user_pairs(users, items, pair_space, cap=max_pairs_per_user, random_state=random_state,
                        name=name, meta={"dropped_duplicate_ratings": int((~keep).sum())},
                        item_table=item_table, item_id=item_id, item_text=item_text)
     if not observations:
         return data
-    return _attach_observations(data, users, items, *levels_of(ratings, scale))
+    return _attach_observations(data, users, items, *(scaled or levels_of(ratings)))
 
 
 def _ranking(value: Any, row: int) -> list | np.ndarray:

@@ -114,11 +114,20 @@ def following(data, rows: np.ndarray | None = None) -> np.ndarray:
     if obs is None or not len(obs):
         return np.empty(0, dtype=np.int64)
     rows = np.arange(len(data)) if rows is None else np.asarray(rows, dtype=np.int64)
-    n_items = np.int64(data.n_items)
-    users = data.user[rows]
-    compared = np.unique(np.concatenate([users * n_items + data.item_a[rows],
-                                         users * n_items + data.item_b[rows]]))
-    return np.flatnonzero(np.isin(obs.user * n_items + obs.item, compared))
+    compared = np.unique(np.concatenate(compared_keys(data, rows)))
+    return np.flatnonzero(np.isin(user_item_keys(data, obs.user, obs.item), compared))
+
+
+def user_item_keys(data, user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """One int64 key per (user, item) pair of ``data``'s indices."""
+    return np.asarray(user, dtype=np.int64) * np.int64(data.n_items) + item
+
+
+def compared_keys(data, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (user, item) keys (:func:`user_item_keys`) of the comparisons at ``rows``: their users with
+    ``item_a``, and with ``item_b``."""
+    return (user_item_keys(data, data.user[rows], data.item_a[rows]),
+            user_item_keys(data, data.user[rows], data.item_b[rows]))
 
 
 def threshold_rows(level: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
