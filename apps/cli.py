@@ -353,16 +353,33 @@ def _model_options(settings: list[str], models) -> dict:
             raise typer.BadParameter(f"expected MODEL.FIELD=VALUE, got {setting!r}", param_hint="--set")
         if name not in models:
             raise typer.BadParameter(f"{name!r} is not among the benched models {list(models)}", param_hint="--set")
-        fields = {f.name for f in dataclasses.fields(model_class(name).config_class)}
-        if field not in fields:
-            raise typer.BadParameter(f"{name} has no config field {field!r}; it has {sorted(fields)}",
+        defaults = {f.name: f.default for f in dataclasses.fields(model_class(name).config_class)}
+        if field not in defaults:
+            raise typer.BadParameter(f"{name} has no config field {field!r}; it has {sorted(defaults)}",
                                      param_hint="--set")
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            parsed = value
-        out.setdefault(name, {})[field] = parsed
+        out.setdefault(name, {})[field] = _setting_value(setting, value.strip(), defaults[field])
     return out
+
+
+def _setting_value(setting: str, value: str, default):
+    """``value`` as the type of the field's ``default``: true / false (any case) for a flag, a whole
+    number for an integer, a number for a float; JSON where it parses and text otherwise for the rest.
+    A value of another type raises (a flag set to "False" must not read as a non-empty, true text)."""
+    lowered = value.lower()
+    if isinstance(default, bool):
+        if lowered not in ("true", "false"):
+            raise typer.BadParameter(f"{setting!r}: expected true or false", param_hint="--set")
+        return lowered == "true"
+    try:
+        parsed = json.loads(lowered if lowered in ("true", "false", "null") else value)
+    except ValueError:
+        parsed = value
+    if isinstance(default, (int, float)):
+        number = isinstance(parsed, (int, float)) and not isinstance(parsed, bool)
+        if not number or (isinstance(default, int) and not isinstance(parsed, int)):
+            kind = "a whole number" if isinstance(default, int) else "a number"
+            raise typer.BadParameter(f"{setting!r}: expected {kind}", param_hint="--set")
+    return parsed
 
 
 def _key_values(pairs: list[str]) -> dict:

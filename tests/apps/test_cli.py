@@ -92,9 +92,23 @@ def test_bench_learns_from_a_ratings_files_ratings_and_takes_model_settings(tmp_
     fit = record["datasets"]["stars"]["runs"][0]["models"]["low_rank"]["fit"]
     assert fit["n_train_observation_rows"] > 0
     for bad, message in (("low_rank.n_component=2", "no config field 'n_component'"),
-                         ("vpl.beta=1", "not among the benched models"), ("low_rank=2", "MODEL.FIELD=VALUE")):
+                         ("vpl.beta=1", "not among the benched models"), ("low_rank=2", "MODEL.FIELD=VALUE"),
+                         ("low_rank.use_observations=no", "expected true or false"),
+                         ("low_rank.n_components=2.5", "expected a whole number"),
+                         ("low_rank.prior_scale=wide", "expected a number")):
         result = runner.invoke(app, ["bench", "--quick", "--models", "low_rank", "--set", bad])
-        assert result.exit_code != 0 and message in result.output, result.output
+        said = " ".join(result.output.replace("│", " ").split())  # the error box wraps long lines
+        assert result.exit_code != 0 and message in said, result.output
+
+
+def test_model_settings_take_the_type_of_their_field():
+    from apps.cli import _model_options
+
+    options = _model_options(["low_rank.use_observations=False", "low_rank.temper_training=TRUE",
+                              "low_rank.prior_scale=1", "low_rank.n_components=3"], ["low_rank"])
+    assert options == {"low_rank": {"use_observations": False, "temper_training": True, "prior_scale": 1,
+                                    "n_components": 3}}
+    assert options["low_rank"]["use_observations"] is False
 
 
 # ---------------------------------------------------------------------------- errors are one line
