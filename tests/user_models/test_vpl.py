@@ -7,7 +7,7 @@ from plural.core.batch import comparison_batch
 from plural.training.checkpoint import load_model, save_model
 from plural.data.container import PreferenceData
 from plural.core.model import UserState, available_models, make_model
-from user_models.vpl import VPL, VPLConfig, sample_context
+from user_models.vpl import VPL, VPLConfig, refine_posterior, sample_context
 
 DIM, N_ITEMS = 8, 200
 SMALL = dict(hidden_dim=32, item_dim=16, encoder_hidden=32, n_components=4, learning_rate=3e-3,
@@ -79,6 +79,7 @@ def test_registered_through_entry_points():
     ("context_size", 0, "context_size must be >= 1"),
     ("encoder_hidden", 0, "encoder_hidden must be >= 1"),
     ("encoder_lr_multiplier", 0.0, "encoder_lr_multiplier must be > 0"),
+    ("refine_steps", -1, "refine_steps must be >= 0"),
 ])
 def test_config_is_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -234,3 +235,54 @@ def test_encoder_reading_features_with_a_faster_encoder(fast_fit, tmp_path):
     loaded = load_model(save_model(model, tmp_path / "vpl"))
     support = comparison_batch(data, new_users[0][1], model)
     assert torch.equal(loaded.adapt(support).vector, model.adapt(support).vector)
+
+
+def test_refinement_reaches_each_sets_map_and_its_laplace_spread():
+    torch.manual_seed(0)
+    k, sizes = 3, (5, 40)
+    segment = torch.repeat_interleave(torch.arange(2), torch.tensor(sizes))
+    jac = torch.randn(len(segment), k, dtype=torch.float64)
+    offset = 0.3 * torch.randn(len(segment), dtype=torch.float64)
+    label = torch.randint(0, 2, (len(segment),)).double()
+    label[0] = 0.5  # a tie: a soft label
+    weight = torch.rand(len(segment), dtype=torch.float64) + 0.5
+    start = torch.randn(2, k, dtype=torch.float64)
+    mean, std = refine_posterior(start, jac, offset, label, weight, segment, steps=25)
+    for s in range(2):
+        rows = segment == s
+        z = torch.zeros(k, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([z], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                line_search_fn="strong_wolfe")
+
+        def loss():
+            opt.zero_grad()
+            m = offset[rows] + jac[rows] @ z
+            value = (weight[rows] * torch.nn.functional.binary_cross_entropy_with_logits(
+                m, label[rows], reduction="none")).sum() + 0.5 * z.pow(2).sum()
+            value.backward()
+            return value
+
+        opt.step(loss)
+        assert torch.allclose(mean[s], z.detach(), atol=1e-6)
+        p = torch.sigmoid(offset[rows] + jac[rows] @ z.detach())
+        hessian = torch.eye(k, dtype=torch.float64) + (jac[rows].T * (weight[rows] * p * (1 - p))) @ jac[rows]
+        assert torch.allclose(std[s], torch.linalg.inv(hessian).diagonal().sqrt(), atol=1e-6)
+    assert (std[1] < std[0]).all()  # eight times the comparisons: a narrower posterior
+
+
+def test_refinement_is_differentiable_and_off_leaves_the_encoder_alone(trained):
+    model, data, new_users = trained
+    support = comparison_batch(data, new_users[0][1], model)
+    refined = model.adapt(support)
+    model.config.refine_steps = 0
+    try:
+        raw = model.adapt(support)
+    finally:
+        model.config.refine_steps = SMALL.get("refine_steps", VPLConfig.refine_steps)
+    assert not torch.allclose(raw.vector, refined.vector)
+    # gradients reach the personal map through the refined mean
+    jac = torch.randn(6, 2, requires_grad=True)
+    mean, std = refine_posterior(torch.zeros(1, 2), jac, torch.zeros(6), torch.ones(6), torch.ones(6),
+                                 torch.zeros(6, dtype=torch.long), steps=2)
+    (mean.sum() + std.sum()).backward()
+    assert jac.grad is not None and jac.grad.abs().sum() > 0
