@@ -100,11 +100,11 @@ class VPLConfig(LatentConfig):
     full-size contexts only, one comparison moved a new Polis user's z far enough to cost 5 points at
     k=1); with them a small support gets its exact Laplace posterior under the prior whatever the
     encoder learned, and full contexts train the personal map on all of each user's comparisons (on
-    the synthetic mixture, one seed: +3.0 at k=10 against +1.9 with varied sizes)."""
+    the synthetic mixture, one seed, two Newton steps: +3.0 at k=10 against +1.9 with varied sizes)."""
     context_size: int = 128
     """Most comparisons of a user the encoder reads per training step (a user with more gets a random
     subset each step). 32 left the synthetic mixture's users (about 117 training comparisons each)
-    with a noisy z: +1.3 at k=10 against +1.9 at 128 (varied sizes, one seed)."""
+    with a noisy z: +1.3 at k=10 against +1.9 at 128 (varied sizes, two Newton steps, one seed)."""
     encoder_hidden: int = 64
     """Width of the set encoder's hidden layers and pooled representation."""
     encoder_lr_multiplier: float = 1.0

@@ -69,16 +69,18 @@ def refine_posterior(z: torch.Tensor, jacobian: torch.Tensor, offset: torch.Tens
     w = weight.to(z.dtype)
     outer = jacobian.unsqueeze(-1) * jacobian.unsqueeze(-2)
 
-    def gradient_and_hessian(point):
-        p = torch.sigmoid(offset + (jacobian * point[segment]).sum(-1))
-        grad = z.new_zeros(n, k).index_add(0, segment, (w * (y - p)).unsqueeze(-1) * jacobian) - point
+    def hessian_at(p):
         curv = (w * p * (1 - p)).unsqueeze(-1).unsqueeze(-1) * outer
-        return grad, eye + z.new_zeros(n, k, k).index_add(0, segment, curv)
+        return eye + z.new_zeros(n, k, k).index_add(0, segment, curv)
+
+    def probability_at(point):
+        return torch.sigmoid(offset + (jacobian * point[segment]).sum(-1))
 
     for _ in range(steps):
-        grad, hessian = gradient_and_hessian(z)
-        z = z + torch.linalg.solve(hessian, grad.unsqueeze(-1)).squeeze(-1)
-    _, hessian = gradient_and_hessian(z)
+        p = probability_at(z)
+        grad = z.new_zeros(n, k).index_add(0, segment, (w * (y - p)).unsqueeze(-1) * jacobian) - z
+        z = z + torch.linalg.solve(hessian_at(p), grad.unsqueeze(-1)).squeeze(-1)
+    hessian = hessian_at(probability_at(z))  # the Laplace spread at the refined mean
     variance = torch.diagonal(torch.linalg.inv(hessian), dim1=-2, dim2=-1)
     return z, variance.clamp_min(1e-12).sqrt()
 
