@@ -106,3 +106,35 @@ def check_support(model: "PreferenceModel", support: dict | None) -> dict | None
         batch = {k: v[keep.to(v.device)] if isinstance(v, torch.Tensor) and v.ndim and len(v) == n else v
                  for k, v in batch.items()}
     return batch
+
+
+def item_disjoint_halves(support: dict, seed: int = SUPPORT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint sets of rows of ``support`` whose items do not overlap: the support's items are
+    split into two halves at random (seeded), and a comparison is in the half that holds both of
+    its items; a comparison across the halves is in neither. A row standing for an observation
+    (``level >= 0``) goes with its item. Items are told apart by their model index, and an item the
+    model has no index for (-1) by its feature row.
+
+    This is the bench's item-disjoint protocol inside one support: a fit on one half predicts the
+    other half's comparisons on items it has not seen.
+
+    Returns:
+        ``(rows of half 0, rows of half 1)``, long tensors on the support's device, sorted.
+    """
+    label = support["label"]
+    n = len(label)
+    features = torch.cat([support["features_a"], support["features_b"]]).detach().cpu()
+    index = torch.cat([support["item_a"], support["item_b"]]).detach().cpu()
+    # an item's key: its index where it has one, otherwise its feature row (after every index)
+    _, feature_code = torch.unique(features, dim=0, return_inverse=True)
+    key = torch.where(index >= 0, index, index.max().clamp(min=0) + 1 + feature_code)
+    level = support.get("level")
+    if level is not None:  # the b side of an observation row is its threshold: the row follows item a
+        observation = (level.detach().cpu() >= 0)
+        key[n:] = torch.where(observation, key[:n], key[n:])
+    items, code = torch.unique(key, return_inverse=True)
+    generator = torch.Generator().manual_seed(seed)
+    side = torch.randperm(len(items), generator=generator) % 2
+    side_a, side_b = side[code[:n]], side[code[n:]]
+    halves = tuple(torch.nonzero((side_a == h) & (side_b == h)).squeeze(1).to(label.device) for h in (0, 1))
+    return halves

@@ -254,3 +254,84 @@ def test_mixture_newton_equals_newton_map():
                                    rtol=1e-9, atol=1e-9)
         d = u_ref - centres
         np.testing.assert_allclose(quad, np.einsum("ca,cab,cb->c", d, prec, d), rtol=1e-9, atol=1e-9)
+
+
+def test_item_disjoint_halves_share_no_item():
+    from plural.core.support import item_disjoint_halves
+
+    rng = np.random.default_rng(0)
+    n = 200
+    features = rng.normal(size=(30, 3)).astype(np.float32)
+    a, b = rng.integers(0, 30, n), rng.integers(0, 30, n)
+    index = np.where(np.arange(30) < 20, np.arange(30), -1)  # items 20..29: no model index, told by features
+    level = np.where(rng.random(n) < 0.3, 0, -1)  # a third of the rows stand for votes on item a
+    batch = {"label": torch.ones(n), "features_a": torch.from_numpy(features[a]),
+             "features_b": torch.from_numpy(np.where(level[:, None] >= 0, 0, features[b])),
+             "item_a": torch.from_numpy(index[a]), "item_b": torch.from_numpy(np.where(level >= 0, -1, index[b])),
+             "level": torch.from_numpy(level)}
+    first, second = item_disjoint_halves(batch, seed=3)
+    items = []
+    for rows in (first.numpy(), second.numpy()):
+        on_b = rows[level[rows] < 0]
+        items.append(set(a[rows]) | set(b[on_b]))
+    assert items[0] and items[1] and not items[0] & items[1]
+    assert set(first.tolist()).isdisjoint(second.tolist())
+    # every vote row is in its item's half; a comparison is dropped only when its items are split
+    side = {i: h for h, got in enumerate(items) for i in got}
+    kept = set(first.tolist()) | set(second.tolist())
+    for row in range(n):
+        both = [a[row]] if level[row] >= 0 else [a[row], b[row]]
+        in_one = len({side.get(i, -1) for i in both}) == 1 and side.get(a[row], -1) >= 0
+        assert (row in kept) == in_one
+    again = item_disjoint_halves(batch, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(again, (first, second)))
+    assert not torch.equal(item_disjoint_halves(batch, seed=4)[0], first)
+
+
+def _refuting_store(model, support):
+    """A store all of whose users sit opposite what ``support`` says of its user."""
+    direction = model.adapt(support).vector.numpy().astype(np.float64)
+    store = UserStore(model.user_dim, metric="ip", index="flat")
+    jitter = np.random.default_rng(0).normal(size=(40, model.user_dim)) * 0.05
+    store.add([f"u{i}" for i in range(40)], (-3 * direction + jitter).astype(np.float32))
+    return store
+
+
+def test_a_store_the_users_own_comparisons_refute_is_not_used(setup):
+    _, data, model, episodes = setup
+    ep = max(episodes, key=lambda e: len(e.support_pool))
+    support = comparison_batch(data, ep.support(len(ep.support_pool)), model)
+    store = _refuting_store(model, support)
+    unchecked = personalize(model, store, support, check_on_support=False)
+    checked, neighbours = personalize(model, store, support, return_neighbors=True)
+    plain = model.adapt(support)
+    assert not torch.allclose(unchecked.vector, plain.vector, atol=1e-2)
+    torch.testing.assert_close(checked.vector, plain.vector)
+    torch.testing.assert_close(checked.covariance, plain.covariance)
+    assert neighbours == []
+
+
+def test_a_store_that_explains_the_users_comparisons_is_kept(setup):
+    # stored users where the user's own comparisons put them: each half's fit under the store
+    # predicts the other half better than under the population prior, and the store answers
+    from plural.query.personalize import _StorePrior, store_beats_population
+
+    _, data, model, episodes = setup
+    ep = max(episodes, key=lambda e: len(e.support_pool))
+    support = model.check_support(comparison_batch(data, ep.support(len(ep.support_pool)), model))
+    opposite = _refuting_store(model, support)
+    agreeing = UserStore(model.user_dim, metric="ip", index="flat")
+    agreeing.add(opposite.user_ids, -opposite.get(opposite.user_ids) / 3)
+    verdicts = [store_beats_population(_StorePrior(model, s, 64, 0.2, 0.5, 4096, True, True), support)
+                for s in (agreeing, opposite)]
+    assert verdicts == [True, False]
+    torch.testing.assert_close(personalize(model, agreeing, support).vector,
+                               personalize(model, agreeing, support, check_on_support=False).vector)
+
+
+def test_a_support_too_small_to_split_is_answered_from_the_store(setup):
+    _, data, model, episodes = setup
+    support = comparison_batch(data, episodes[0].support(3), model)
+    store = _refuting_store(model, comparison_batch(data, episodes[0].support(12), model))
+    torch.testing.assert_close(personalize(model, store, support).vector,
+                               personalize(model, store, support, check_on_support=False).vector)
