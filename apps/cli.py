@@ -217,9 +217,13 @@ def _show_one_user(res: dict) -> None:
                   f"{float(torch.diagonal(model.population_state().covariance).sqrt().mean()):.3f}; through "
                   f"the store {float(torch.diagonal(state.covariance).sqrt().mean()):.3f})")
     top = sorted(neighbours, key=lambda t: -t[1])[:5]
-    console.print(f"stored users who best explain their comparisons (posterior weight over {len(neighbours)} "
-                  f"stored users; the population prior holds {100 * (1 - sum(w for _, w in neighbours)):.1f}%): "
-                  + ", ".join(f"{uid} ({100 * w:.2f}%)" for uid, w in top))
+    if neighbours:
+        console.print(f"stored users who best explain their comparisons (posterior weight over {len(neighbours)} "
+                      f"stored users; the population prior holds {100 * (1 - sum(w for _, w in neighbours)):.1f}%): "
+                      + ", ".join(f"{uid} ({100 * w:.2f}%)" for uid, w in top))
+    else:  # personalize's check on the support preferred the population prior
+        console.print("their own comparisons are predicted better under the population prior than under the "
+                      "store's (personalize's check on the support): their state is plain adapt's")
     judged = {data.item_ids[i] for i in data.items_of(data.rows_by_user()[ep.user]).tolist()}
     group = user.split("/")[0] + "/" if "/" in user else ""  # Polis: the user's own conversation
     catalog = ItemIndex(model, data)

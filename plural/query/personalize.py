@@ -11,6 +11,9 @@ is the direction in user space the comparisons point to (for a linear model, the
 their feature differences mapped into user space), and the stored users with the largest inner
 product with it are retrieved. Where comparisons have contexts (Polis conversations), a new user's
 prior is built from the stored users of their own context only, recentred on the population mean.
+Before the store's answer is given it is checked on the user's own comparisons: fitted on half of
+the support's items under the store's prior and under the population's, which predicts the other
+half better? Unless the store does by more than its standard error, the answer is plain ``adapt``.
 """
 
 from __future__ import annotations
@@ -263,15 +266,18 @@ class _StorePrior:
         return weight * label_log_likelihood(margin, label, model.likelihood_noise_rate)
 
 
-def store_beats_population(prior: _StorePrior, batch: dict, splits: int = CHECK_SPLITS,
-                           min_rows: int = CHECK_MIN_ROWS) -> bool:
+def store_beats_population(prior: _StorePrior, batch: dict, splits: int | None = None,
+                           min_rows: int | None = None) -> bool:
     """Whether the store's prior predicts a support's held-out comparisons better than the
     population prior: for each of ``splits`` seeded item-disjoint splits of the support
     (:func:`plural.core.support.item_disjoint_halves`), each half is fitted under both priors (the
     same linearized Newton, retrieval redone on the half) and scores the other half; the store wins
     when the mean per-comparison difference in log-likelihood exceeds its standard error (the
     rows taken as independent), so a tie or noise keeps the simpler, population prior. True where
-    no split has ``min_rows`` comparisons in both halves: too few to check."""
+    no split has ``min_rows`` comparisons in both halves: too few to check. ``splits`` and
+    ``min_rows`` default to :data:`CHECK_SPLITS` and :data:`CHECK_MIN_ROWS`, read at call time."""
+    splits = CHECK_SPLITS if splits is None else splits
+    min_rows = CHECK_MIN_ROWS if min_rows is None else min_rows
     differences = []
     for seed in range(splits):
         halves = item_disjoint_halves(batch, seed=seed)
