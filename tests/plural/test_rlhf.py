@@ -67,7 +67,11 @@ def test_users_are_routed_to_their_own_rewards(model, store, caplog):
     mixed = reward(None, [CAT, CAT, CAT], user_id=["cat1", "dog1", None])
     by_annotator = RewardFunction(model, store, user_column="annotator", name="by_annotator")
     assert by_annotator(None, [CAT, CAT, CAT], annotator=["cat1", "dog1", None]) == mixed
-    assert mixed[0] > mixed[2] > mixed[1] and all(isinstance(v, float) for v in mixed)
+    # comparisons pin down differences of reward, not a user's level: compare each user's CAT - DOG
+    on_dog = reward(None, [DOG, DOG, DOG], user_id=["cat1", "dog1", None])
+    margin = [c - d for c, d in zip(mixed, on_dog)]
+    assert margin[0] > margin[1] and all(isinstance(v, float) for v in mixed)
+    assert mixed == [reward(None, [CAT], user_id=[u])[0] for u in ("cat1", "dog1")] + reward(None, [CAT])
     # unknown users: the population, logged as a warning once
     with caplog.at_level(logging.DEBUG, logger="plural.rlhf"):
         assert reward(None, [CAT, DOG], user_id=["stranger", "stranger"]) == reward(None, [CAT, DOG])
