@@ -217,12 +217,17 @@ class _StorePrior:
         query = (jac.T @ (weight * score))[None].astype(np.float32)
         return store.search(query, self.n_neighbors)[0][0], False
 
-    def posterior(self, batch: dict, population_only: bool = False):
+    def posterior(self, batch: dict, population_only: bool = False, linear=None):
         """``(state, stored user ids, component weights)`` under the store's prior (under the
         population prior alone, the same linearized Newton, with ``population_only``); None where
-        the store offers no users."""
+        the store offers no users. ``linear``: ``(label, m0, jac)`` of ``batch`` already computed
+        (rows of a larger support's: the linearization at the population is row by row)."""
         model = self.model
-        label, weight, m0, jac = self.linearized(batch)
+        if linear is None:
+            label, weight, m0, jac = self.linearized(batch)
+        else:
+            label, m0, jac = linear
+            weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
         if population_only:
             ids, in_context = [], False
         else:
@@ -255,15 +260,16 @@ class _StorePrior:
                           n_comparisons=len(label))
         return state, ids, post
 
-    def heldout_log_likelihood(self, batch: dict, state: UserState) -> np.ndarray:
-        """Per-comparison log-likelihood of ``batch`` under ``state`` (the model's exact margins),
-        weighed as a support is (tempered where the model tempers)."""
+    def heldout_difference(self, batch: dict, state: UserState, other: UserState) -> np.ndarray:
+        """Per-comparison log-likelihood of ``batch`` under ``state`` minus under ``other`` (the
+        model's exact margins), weighed as a support is (tempered where the model tempers)."""
         model = self.model
         with inference(model):
-            margin = model.state_margin(batch, state).double().cpu().numpy()
+            margins = [model.state_margin(batch, s).double().cpu().numpy() for s in (state, other)]
         label = batch["label"].double().cpu().numpy()
         weight = support_weight(batch, model.config.temper_support).double().cpu().numpy()
-        return weight * label_log_likelihood(margin, label, model.likelihood_noise_rate)
+        noise = model.likelihood_noise_rate
+        return weight * (label_log_likelihood(margins[0], label, noise) - label_log_likelihood(margins[1], label, noise))
 
 
 def store_beats_population(prior: _StorePrior, batch: dict, splits: int | None = None,
@@ -279,18 +285,20 @@ def store_beats_population(prior: _StorePrior, batch: dict, splits: int | None =
     splits = CHECK_SPLITS if splits is None else splits
     min_rows = CHECK_MIN_ROWS if min_rows is None else min_rows
     differences = []
+    label, _, m0, jac = prior.linearized(batch)  # once: each half's rows are sliced from it
     for seed in range(splits):
         halves = item_disjoint_halves(batch, seed=seed)
         if min(len(h) for h in halves) < min_rows:
             continue
         for fit, test in (halves, halves[::-1]):
             part, held = ({k: v[rows] for k, v in batch.items()} for rows in (fit, test))
-            from_store = prior.posterior(part)
+            rows = fit.cpu().numpy()
+            linear = (label[rows], m0[rows], jac[rows])
+            from_store = prior.posterior(part, linear=linear)
             if from_store is None:
                 return False  # the store has no users for part of this support
-            population = prior.posterior(part, population_only=True)[0]
-            differences.append(prior.heldout_log_likelihood(held, from_store[0])
-                               - prior.heldout_log_likelihood(held, population))
+            population = prior.posterior(part, population_only=True, linear=linear)[0]
+            differences.append(prior.heldout_difference(held, from_store[0], population))
     if not differences:
         return True
     d = np.concatenate(differences)
