@@ -355,6 +355,11 @@ class PreferenceModel(pl.LightningModule):
         with torch.no_grad():
             self.on_fit_complete()
 
+    def initialize_from(self, data, train_rows: np.ndarray, random_state: int = 0) -> None:
+        """Called by :func:`plural.training.fit.fit` on a model it has just built, before training:
+        a model may set a start for its weights from the training data (``low_rank``'s spectral
+        start). Nothing by default."""
+
     def first_selectable_epoch(self) -> int:
         """Epochs before this one are warm-up: early stopping waits for it and the best-weights
         selection ignores them (0 for most models)."""

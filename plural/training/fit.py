@@ -222,6 +222,7 @@ def fit(
     built_here = not model.is_built
     if built_here:
         model.build_for(data, train_rows)
+        model.initialize_from(data, train_rows, random_state)
     elif model.feature_dim_ != data.feature_dim:
         raise ValueError(f"model was built for {model.feature_dim_}-d features, data has {data.feature_dim}")
     closed_form = not model.has_trainable_parameters
@@ -284,6 +285,7 @@ def fit(
         "encoder": encoder_spec,
         "n_long_texts": int(n_long),
         "personal_spread": None if closed_form else personal_spread(model, data, train_rows, random_state),
+        "start": getattr(model, "start_", None),
     }
     spread = model.fit_report_["personal_spread"]
     if spread is not None and spread < PERSONAL_FLOOR:
