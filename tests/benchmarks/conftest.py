@@ -1,5 +1,5 @@
 """Fixtures of the benchmark scripts' tests: a ``benchmarks/`` script (not a package) as a module, and
-planted Polis-like votes."""
+planted Polis-like votes (as a table, and as preferences with one-hot item features)."""
 
 import importlib.util
 from pathlib import Path
@@ -44,3 +44,13 @@ def _planted_votes(random_state=0):
 def planted_votes():
     """``random_state -> DataFrame`` of planted Polis-like votes (``_planted_votes``)."""
     return _planted_votes
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """The planted votes (``random_state`` 0) as preferences with conversations as contexts and
+    one-hot item features."""
+    from plural.data.converters import from_votes
+
+    data = from_votes(_planted_votes(), group="conversation")
+    return data.with_features(np.eye(len(data.item_ids), dtype=np.float32))

@@ -1,6 +1,5 @@
 """benchmarks/polis_factors.py on planted opinion groups, with items as one-hot features."""
 
-import numpy as np
 import pytest
 
 from plural.data.converters import from_votes
@@ -11,12 +10,6 @@ QUICK = dict(hidden_dim=16, item_dim=8, n_components=2)
 @pytest.fixture(scope="module")
 def factors(benchmark_script):
     return benchmark_script("polis_factors")
-
-
-@pytest.fixture(scope="module")
-def planted(planted_votes):
-    data = from_votes(planted_votes(), group="conversation")
-    return data.with_features(np.eye(len(data.item_ids), dtype=np.float32))
 
 
 def test_run_scores_every_row_on_the_same_episodes(factors, planted):

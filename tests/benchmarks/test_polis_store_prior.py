@@ -13,12 +13,6 @@ def store_prior(benchmark_script):
     return benchmark_script("polis_store_prior")
 
 
-@pytest.fixture(scope="module")
-def planted(planted_votes):
-    data = from_votes(planted_votes(), group="conversation")
-    return data.with_features(np.eye(len(data.item_ids), dtype=np.float32))
-
-
 def test_centred_groups_and_mixture_shape(store_prior):
     vectors = np.array([[1.0, 0.0], [3.0, 0.0], [10.0, 5.0], [12.0, 7.0]])
     out = store_prior.centred(vectors, np.array([0, 0, 1, 1]))
