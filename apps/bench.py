@@ -38,6 +38,7 @@ from plural.evaluation.fewshot import curve_value, few_shot_curve
 from plural.evaluation.metrics import evaluate
 from plural.evaluation.protocol import protocol_split
 from plural.query.personalize import build_user_store, personalize_fn, supports_retrieval
+from plural.training.selection import SELECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class BenchConfig:
     split_mode: str | None = None
     """``"items"`` or ``"comparisons"`` for every dataset; None: each dataset's own
     (``plural.evaluation.protocol.default_split_mode``)."""
+    selection: str = "val_loss"
+    """What training selects its number of epochs on (``plural.fit``'s ``selection``): ``"val_loss"``
+    or ``"new_users"``."""
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -83,6 +87,8 @@ class BenchConfig:
             raise ValueError("seeds must not be empty")
         if self.split_mode is not None and self.split_mode not in MODES:
             raise ValueError(f"split_mode must be one of {MODES} or None, got {self.split_mode!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
 
     def check_models(self) -> None:
         """Raise ``ValueError`` naming the available models if one of ``models`` is unknown; run
@@ -216,7 +222,8 @@ def run_dataset(data: PreferenceData, config: BenchConfig, seed: int, show_progr
         _report(progress, "model_start", data, seed, model=name, index=index, n_models=len(config.models))
         model = make_model(name, **config.model_options.get(name, {}))
         model.fit(data, train_rows=split.train, val_rows=split.val, max_epochs=config.max_epochs,
-                  batch_size=config.batch_size, random_state=seed, show_progress=show_progress)
+                  batch_size=config.batch_size, random_state=seed, show_progress=show_progress,
+                  selection=config.selection)
         entry = {"seen_test": evaluate(model, data, split.test), "fit": model.fit_report_,
                  "peak_rss_mb_so_far": _peak_rss_mb()}
         for m, eps in episodes.items():

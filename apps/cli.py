@@ -251,6 +251,10 @@ def bench(
     kind: str = typer.Option("pairs", help=KIND_HELP),
     column: list[str] = typer.Option([], "--column", help=COLUMN_HELP),
     split: str = typer.Option(None, help=SPLIT_HELP + "; applies to every dataset"),
+    selection: str = typer.Option("val_loss", help="what training selects its number of epochs on: val_loss "
+                                                   "(training users' held-out comparisons) or new_users (the "
+                                                   "few-shot error of users held out of a scout fit; about twice "
+                                                   "the training time)"),
     set_: list[str] = typer.Option([], "--set", help="MODEL.FIELD=VALUE: a config field of one benched model "
                                                      "(e.g. low_rank.n_components=4, low_rank.use_observations=false); "
                                                      "repeatable"),
@@ -267,7 +271,8 @@ def bench(
     except ValueError:
         raise typer.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     config = BenchConfig(seeds=seed_list, max_unseen_users=max_unseen_users or None,
-                         max_epochs=3 if quick else max_epochs, jobs=jobs, split_mode=_check_split(split))
+                         max_epochs=3 if quick else max_epochs, jobs=jobs, split_mode=_check_split(split),
+                         selection=_check_selection(selection))
     if models:
         config.models = tuple(m.strip() for m in models.split(",") if m.strip())
     _check_models(config.models, "--models")  # before any data is loaded
@@ -339,6 +344,14 @@ def _check_split(split: str | None) -> str | None:
     if split is not None and split not in SPLITS:
         raise typer.BadParameter(f"expected one of {', '.join(SPLITS)}, got {split!r}", param_hint="--split")
     return split
+
+
+def _check_selection(selection: str) -> str:
+    from plural.training.selection import SELECTIONS
+
+    if selection not in SELECTIONS:
+        raise typer.BadParameter(f"expected one of {', '.join(SELECTIONS)}, got {selection!r}", param_hint="--selection")
+    return selection
 
 
 def _model_options(settings: list[str], models) -> dict:

@@ -30,6 +30,7 @@ from plural.core.batch import ComparisonDataset, identity_collate
 from plural.core.device import resolve_device
 from plural.data.container import PreferenceData
 from plural.core.model import PreferenceModel
+from plural.training.selection import MONITOR, SELECTIONS, NewUserLoss, probe_plan
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def fit(
     precision: str | int | None = None,
     deterministic: bool | str = True,
     show_progress: bool = True,
+    selection: str | NewUserLoss = "val_loss",
     trainer: pl.Trainer | None = None,
     **trainer_kwargs,
 ) -> PreferenceModel:
@@ -168,6 +170,14 @@ def fit(
         deterministic: passed to ``pl.Trainer`` (True: a seed repeats a fit bit for bit; False or
             ``"warn"`` allows faster nondeterministic kernels).
         show_progress: a progress bar.
+        selection: what the number of epochs is selected on. ``"val_loss"``: early stopping on
+            the validation log-loss of the training users' held-out comparisons, best weights
+            restored. ``"new_users"``: the few-shot error of probe users held out of a first, scout
+            fit; the model then trains on every training row for the scout's best number of epochs
+            (:mod:`plural.training.selection`; about twice the time). Models with no personal part,
+            too few users to spare, or no validation rows select on ``"val_loss"``; the report's
+            ``selection`` says which was used and why. A :class:`~plural.training.selection.NewUserLoss`
+            callback: early stopping on it (the scout's own fit).
         trainer: a configured ``pl.Trainer`` to fit with instead of the one built from the options
             above, which must then be left unset: ``fit`` still splits the data, seeds, builds the model
             and reports, but training (epochs, callbacks, early stopping, devices) is the trainer's;
@@ -185,6 +195,10 @@ def fit(
         raise ValueError(f"min_steps must be >= 0, got {min_steps!r}")
     if max_epochs is not None and max_epochs < 0:
         raise ValueError(f"max_epochs must be >= 0, got {max_epochs!r}")
+    if not isinstance(selection, NewUserLoss) and selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "new_users" and trainer is not None:
+        raise ValueError("selection='new_users' trains a scout model with fit's own trainer: pass no trainer")
     if trainer is not None:
         if not isinstance(trainer, pl.Trainer):
             raise TypeError(f"trainer must be a pytorch_lightning.Trainer, got {type(trainer).__name__}")
@@ -218,6 +232,15 @@ def fit(
         val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     val_rows = np.asarray(val_rows, dtype=np.int64)
 
+    selected, fixed_epochs, scout_seconds = {"kind": "val_loss"}, None, 0.0
+    if selection == "new_users":
+        selected, fixed_epochs, scout_seconds = _scout(
+            model, data, train_rows, val_rows, random_state,
+            dict(max_epochs=max_epochs, batch_size=batch_size, patience=patience, min_steps=min_steps,
+                 random_state=random_state, accelerator=accelerator, devices=devices, strategy=strategy,
+                 precision=precision, deterministic=deterministic, show_progress=show_progress,
+                 **{k: v for k, v in trainer_kwargs.items() if k != "callbacks"}))
+
     pl.seed_everything(random_state, workers=True, verbose=False)
     built_here = not model.is_built
     if built_here:
@@ -239,14 +262,19 @@ def fit(
     wait = max(patience, model.min_patience)
     if max_epochs is None:
         max_epochs = max(DEFAULT_MAX_EPOCHS, epochs_for_steps + wait)
+    if fixed_epochs is not None:  # the scout's choice: train exactly that long, keep the last weights
+        max_epochs = fixed_epochs
+        trainer_kwargs.setdefault("min_epochs", fixed_epochs)
     restore = None
     if trainer is None:
         callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if dm.val_set is not None:
+        if dm.val_set is not None and fixed_epochs is None:
             start = model.first_selectable_epoch()
-            restore = RestoreBestWeights("val_loss", start_epoch=start)
+            monitor = MONITOR if isinstance(selection, NewUserLoss) else "val_loss"
+            restore = RestoreBestWeights(monitor, start_epoch=start)
             trainer_kwargs.setdefault("min_epochs", min(max(start + 1, epochs_for_steps), max_epochs))
-            callbacks += [pl.callbacks.EarlyStopping("val_loss", patience=wait, mode="min"), restore]
+            callbacks = ([selection] if isinstance(selection, NewUserLoss) else []) + callbacks
+            callbacks += [pl.callbacks.EarlyStopping(monitor, patience=wait, mode="min"), restore]
         if show_progress:
             callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())
         accelerator, devices = resolve_trainer_device(accelerator, devices)
@@ -268,11 +296,11 @@ def fit(
         if closed_form:
             warnings.filterwarnings("ignore", message=".*configure_optimizers. returned .None.*")
         trainer.fit(model, datamodule=dm)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start + scout_seconds
     model.eval()
     model.fit_report_ = {
         "epochs": int(trainer.current_epoch),
-        "best_epoch": None if restore is None else restore.best_epoch,
+        "best_epoch": selected.get("best_epoch") if restore is None else restore.best_epoch,
         "min_epochs": int(trainer.min_epochs or 0),
         "max_epochs": int(max_epochs),
         "best_val_loss": None if restore is None else restore.best_score,
@@ -286,6 +314,7 @@ def fit(
         "n_long_texts": int(n_long),
         "personal_spread": None if closed_form else personal_spread(model, data, train_rows, random_state),
         "start": getattr(model, "start_", None),
+        "selection": selected,
     }
     spread = model.fit_report_["personal_spread"]
     if spread is not None and spread < PERSONAL_FLOOR:
@@ -294,6 +323,39 @@ def fit(
     model.encoder_spec_ = encoder_spec
     logger.info("trained %s: %s", model.name, model.fit_report_)
     return model
+
+
+def _scout(model: PreferenceModel, data: PreferenceData, train_rows: np.ndarray, val_rows: np.ndarray,
+           random_state: int, options: dict) -> tuple[dict, int | None, float]:
+    """``(the report's selection, epochs to train, the scout's seconds)`` for ``selection="new_users"``:
+    a fresh copy of ``model`` trained without the probe users, early-stopped on their few-shot error.
+    ``epochs`` is None where the selection falls back to validation log-loss."""
+    def fallback(reason: str):
+        logger.info("%s: selecting epochs on validation log-loss: %s", model.name, reason)
+        return {"kind": "val_loss", "requested": "new_users", "reason": reason}, None, 0.0
+
+    if model.is_built:
+        return fallback("the model was fitted before (training continues)")
+    plan = probe_plan(data, train_rows, random_state)
+    if plan is None:
+        return fallback("too few users to hold out as probe users")
+    shape = type(model)(model.config).build_for(data, plan.train_rows)  # what the scout will be
+    if not shape.has_trainable_parameters or shape.user_dim == 0:
+        return fallback("the model has no trained personal part")
+    scout_val = val_rows[~np.isin(data.user[val_rows], plan.users)]
+    if len(scout_val) == 0:
+        return fallback("no validation rows: the scout needs validation epochs")
+    criterion = NewUserLoss(plan)
+    scout = type(model)(model.config)
+    fit(scout, data, train_rows=plan.train_rows, val_rows=scout_val, selection=criterion, **options)
+    report = scout.fit_report_
+    if report["best_epoch"] is None:
+        return fallback("the scout recorded no criterion")
+    selected = {"kind": "new_users", "probe_users": int(len(plan.users)), "probe_episodes": len(plan.episodes),
+                "best_epoch": int(report["best_epoch"]), "criterion": report["best_val_loss"],
+                "scout_epochs": report["epochs"], "scout_seconds": report["seconds"],
+                "criterion_by_epoch": [round(v, 6) for v in criterion.history]}
+    return selected, selected["best_epoch"] + 1, float(report["seconds"])
 
 
 PERSONAL_FLOOR = 0.01

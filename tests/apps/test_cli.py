@@ -50,6 +50,18 @@ def test_bench_quick_writes_table_and_plot(tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "curves_synthetic_mixture.png").is_file()
 
 
+def test_bench_selection_is_checked_and_recorded(tmp_path):
+    result = runner.invoke(app, ["bench", "--quick", "--data", "synthetic_mixture", "--selection", "newest"])
+    assert result.exit_code != 0 and "new_users" in result.output
+    result = runner.invoke(app, ["bench", "--quick", "--data", "synthetic_mixture", "--models", "bradley_terry",
+                                 "--max-unseen-users", "6", "--selection", "new_users", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["config"]["selection"] == "new_users"
+    fit = record["datasets"]["synthetic_mixture"]["runs"][0]["models"]["bradley_terry"]["fit"]
+    assert fit["selection"]["requested"] == "new_users"  # no personal part: selected on validation loss
+
+
 def write_ratings(folder, name, columns, n_users, n_films, per_user, seed):
     """A ratings file (1-5 stars, ``columns`` = user, item, rating names) and ``films.csv`` (film, title)."""
     import numpy as np
