@@ -66,14 +66,22 @@ def model_curve(model, data, episodes) -> dict:
 
 
 def model_factors(model, data) -> tuple[np.ndarray, np.ndarray]:
-    """``(population score on the vote scale (n_items,), whitened factors (n_items, K))`` of a
-    ``low_rank`` for every item of ``data``."""
+    """``(the population's expected vote on the -1 .. 1 scale (n_items,), whitened factors (n_items,
+    K))`` of a ``low_rank`` for every item of ``data``. The expected vote is the model's own: with
+    cut points ``t_1 < .. < t_m`` between ``m + 1`` evenly spaced levels, ``-1 + (2 / m) * sum_j
+    P(score above t_j)``, each cut point scored at the population as the model scores it (its
+    threshold embedding and bias)."""
+    items = model.items
     with torch.no_grad():
-        phi, bias = model.items(torch.from_numpy(data.item_features), model.item_index(list(data.item_ids)))
+        phi, bias = items(torch.from_numpy(data.item_features), model.item_index(list(data.item_ids)))
         score = (phi @ model.population_weight + bias).double().numpy()
         factors = (phi @ model.basis).double().numpy()
+        cuts = np.zeros(1)
+        if items.n_thresholds:
+            cuts = (items.threshold_embedding @ model.population_weight + items.threshold_biases()).double().numpy()
     root = np.linalg.cholesky(model.prior()[1].numpy())  # u = root z with z ~ N(0, I)
-    return np.tanh(score / 2), factors @ root
+    above = 1.0 / (1.0 + np.exp(-(score[:, None] - cuts[None, :])))
+    return -1.0 + 2.0 * above.mean(axis=1), factors @ root
 
 
 def run(data, seed: int, n_users: int, max_epochs: int | None = None, model_options: dict | None = None) -> dict:
