@@ -67,8 +67,7 @@ class LowRank(LatentUserModel):
         cfg = self.config
         if not (cfg.spectral_start and cfg.use_identity) or cfg.item_dim < cfg.n_components:
             return
-        position = {uid: j for j, uid in enumerate(self.user_ids_)}
-        user_index = np.array([position.get(str(u), -1) for u in data.user_ids], dtype=np.int64)
+        user_index = self.user_index(list(data.user_ids)).numpy()
         item_index = self.item_index(list(data.item_ids)).numpy()
         start = spectral_start(data, train_rows, user_index, item_index, len(self.user_ids_),
                                len(self.item_ids_), cfg.n_components, random_state)
@@ -110,12 +109,12 @@ class LowRank(LatentUserModel):
                 self.items.threshold_embedding.zero_()
                 self.items.threshold_start.fill_(float(cuts[0]))
                 self.items.threshold_gaps.copy_(torch.log(torch.expm1(torch.diff(cuts))))
-        self._spectral_lr = self.config.spectral_lr_multiplier
 
     def configure_optimizers(self):
         optimizer = super().configure_optimizers()
-        for group in optimizer.param_groups:  # a spectral start is fine-tuned, not retrained
-            group["lr"] *= getattr(self, "_spectral_lr", 1.0)
+        if getattr(self, "start_", {}).get("kind") == "spectral":  # a spectral start is fine-tuned, not retrained
+            for group in optimizer.param_groups:
+                group["lr"] *= self.config.spectral_lr_multiplier
         return optimizer
 
     def score(self, phi, bias, u, context=None):

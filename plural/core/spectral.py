@@ -76,8 +76,8 @@ def spectral_start(data, train_rows: np.ndarray, user_index: np.ndarray, item_in
         return None
     user = np.asarray(user_index)[obs.user[at]]
     item = np.asarray(item_index)[obs.item[at]]
-    levels = obs.n_levels
-    value = 2.0 * obs.level[at] / (levels - 1) - 1.0
+    values = 2.0 * np.arange(obs.n_levels) / (obs.n_levels - 1) - 1.0  # each level on the -1 .. 1 scale
+    value = values[obs.level[at]]
     context = obs.context[at]
     keep = (user >= 0) & (item >= 0)
     if not keep.any():
@@ -108,7 +108,6 @@ def spectral_start(data, train_rows: np.ndarray, user_index: np.ndarray, item_in
         return float(-np.logaddexp(0.0, -scale * sign * predicted[decided]).sum())
 
     logit_scale = float(max(LOGIT_SCALES, key=loglik)) if decided.any() else 1.0
-    values = 2.0 * np.arange(levels) / (levels - 1) - 1.0
     cut_points = logit_scale * (values[:-1] + values[1:]) / 2
     return SpectralStart(users, factors, mean, best_count > 0, np.bincount(item, minlength=n_items) > 0,
                          logit_scale, cut_points, int(len(user)))

@@ -232,15 +232,6 @@ def fit(
         val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     val_rows = np.asarray(val_rows, dtype=np.int64)
 
-    selected, fixed_epochs, scout_seconds = {"kind": "val_loss"}, None, 0.0
-    if selection == "new_users":
-        selected, fixed_epochs, scout_seconds = _scout(
-            model, data, train_rows, val_rows, random_state,
-            dict(max_epochs=max_epochs, batch_size=batch_size, patience=patience, min_steps=min_steps,
-                 random_state=random_state, accelerator=accelerator, devices=devices, strategy=strategy,
-                 precision=precision, deterministic=deterministic, show_progress=show_progress,
-                 **{k: v for k, v in trainer_kwargs.items() if k != "callbacks"}))
-
     pl.seed_everything(random_state, workers=True, verbose=False)
     built_here = not model.is_built
     if built_here:
@@ -256,6 +247,16 @@ def fit(
                 model.build_for(data, train_rows)
         val_rows = np.empty(0, dtype=np.int64)
 
+    selected, fixed_epochs, scout_seconds = {"kind": "val_loss"}, None, 0.0
+    if selection == "new_users":
+        selected, fixed_epochs, scout_seconds = _scout(
+            model, built_here, data, train_rows, val_rows, random_state,
+            dict(max_epochs=max_epochs, batch_size=batch_size, patience=patience, min_steps=min_steps,
+                 random_state=random_state, accelerator=accelerator, devices=devices, strategy=strategy,
+                 precision=precision, deterministic=deterministic, show_progress=show_progress,
+                 **{k: v for k, v in trainer_kwargs.items() if k != "callbacks"}))
+        pl.seed_everything(random_state, workers=True, verbose=False)  # training draws do not depend on the scout
+
     dm = PreferenceDataModule(data, train_rows, val_rows, model, batch_size, random_state)
     steps_per_epoch = max(1, -(-len(train_rows) // batch_size))
     epochs_for_steps = -(-min_steps // steps_per_epoch)
@@ -270,10 +271,11 @@ def fit(
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if dm.val_set is not None and fixed_epochs is None:
             start = model.first_selectable_epoch()
-            monitor = MONITOR if isinstance(selection, NewUserLoss) else "val_loss"
+            criterion = [selection] if isinstance(selection, NewUserLoss) else []  # before what reads it
+            monitor = MONITOR if criterion else "val_loss"
             restore = RestoreBestWeights(monitor, start_epoch=start)
             trainer_kwargs.setdefault("min_epochs", min(max(start + 1, epochs_for_steps), max_epochs))
-            callbacks = ([selection] if isinstance(selection, NewUserLoss) else []) + callbacks
+            callbacks = criterion + callbacks
             callbacks += [pl.callbacks.EarlyStopping(monitor, patience=wait, mode="min"), restore]
         if show_progress:
             callbacks.append(pl.callbacks.RichProgressBar() if _has_rich() else pl.callbacks.TQDMProgressBar())
@@ -325,23 +327,23 @@ def fit(
     return model
 
 
-def _scout(model: PreferenceModel, data: PreferenceData, train_rows: np.ndarray, val_rows: np.ndarray,
-           random_state: int, options: dict) -> tuple[dict, int | None, float]:
-    """``(the report's selection, epochs to train, the scout's seconds)`` for ``selection="new_users"``:
-    a fresh copy of ``model`` trained without the probe users, early-stopped on their few-shot error.
-    ``epochs`` is None where the selection falls back to validation log-loss."""
+def _scout(model: PreferenceModel, built_here: bool, data: PreferenceData, train_rows: np.ndarray,
+           val_rows: np.ndarray, random_state: int, options: dict) -> tuple[dict, int | None, float]:
+    """``(the report's selection, epochs to train, the scout's seconds)`` for ``selection="new_users"``
+    and ``model`` as :func:`fit` has just built it: a fresh copy of ``model`` trained without the probe
+    users, early-stopped on their few-shot error. ``epochs`` is None where the selection falls back
+    to validation log-loss."""
     def fallback(reason: str):
         logger.info("%s: selecting epochs on validation log-loss: %s", model.name, reason)
         return {"kind": "val_loss", "requested": "new_users", "reason": reason}, None, 0.0
 
-    if model.is_built:
+    if not built_here:
         return fallback("the model was fitted before (training continues)")
+    if not model.has_trainable_parameters or model.user_dim == 0:
+        return fallback("the model has no trained personal part")
     plan = probe_plan(data, train_rows, random_state)
     if plan is None:
         return fallback("too few users to hold out as probe users")
-    shape = type(model)(model.config).build_for(data, plan.train_rows)  # what the scout will be
-    if not shape.has_trainable_parameters or shape.user_dim == 0:
-        return fallback("the model has no trained personal part")
     scout_val = val_rows[~np.isin(data.user[val_rows], plan.users)]
     if len(scout_val) == 0:
         return fallback("no validation rows: the scout needs validation epochs")

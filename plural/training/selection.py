@@ -71,8 +71,7 @@ class ProbePlan:
     episodes: list
 
 
-def probe_plan(data: PreferenceData, train_rows: np.ndarray, random_state: int = 0,
-               exclude_rows: np.ndarray | None = None) -> ProbePlan | None:
+def probe_plan(data: PreferenceData, train_rows: np.ndarray, random_state: int = 0) -> ProbePlan | None:
     """Probe users for ``selection="new_users"``: a seeded sample of :data:`PROBE_FRACTION` of the
     users of ``train_rows`` with at least :data:`MIN_PROBE_COMPARISONS` comparisons there (at most
     :data:`MAX_PROBE_USERS`), or None when fewer than :data:`MIN_PROBE_USERS` would be drawn. Only
@@ -96,8 +95,8 @@ def probe_plan(data: PreferenceData, train_rows: np.ndarray, random_state: int =
 
 
 class NewUserLoss(pl.Callback):
-    """After each validation epoch, the probe users' few-shot query log-loss (the mean over
-    :data:`PROBE_KS`) as ``callback_metrics[MONITOR]``, for early stopping and
+    """After each validation epoch, the probe users' few-shot query error, or log-loss (``metric``),
+    averaged over :data:`PROBE_KS`, as ``callback_metrics[MONITOR]``, for early stopping and
     :class:`~plural.training.fit.RestoreBestWeights`; put it before them in the callbacks.
 
     The model is scored as a finished fit would leave it: its ``on_fit_complete`` (the latent
